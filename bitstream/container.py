@@ -1,0 +1,93 @@
+"""Chunked container: signature, version, then PNG-style chunks.
+
+    file   := MAGIC (8 bytes) | version (u16 BE) | chunk*
+    chunk  := length (u32 BE, payload bytes) | type (4 ASCII) | payload | CRC-32 (u32 BE)
+
+The CRC-32 (zlib's) covers type and payload. Chunks are read one at a time from a
+file object, so a reader that needs only the first k chunks never reads the rest.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+MAGIC = b"\x89GSV\r\n\x1a\n"
+FORMAT_VERSION = 1
+#: A chunk larger than this is taken as corruption rather than allocated.
+MAX_CHUNK = 1 << 30
+
+
+class StreamError(ValueError):
+    """The bytes are not a valid gsvc stream (bad signature, CRC, truncation, ...)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    type: bytes  # 4 ASCII letters
+    payload: bytes
+    offset: int  # byte offset of the chunk's length field in the file
+
+    @property
+    def size(self) -> int:
+        """Bytes the chunk occupies in the file (framing included)."""
+        return 12 + len(self.payload)
+
+
+def write_signature(out: BinaryIO, version: int = FORMAT_VERSION) -> int:
+    out.write(MAGIC + struct.pack(">H", version))
+    return len(MAGIC) + 2
+
+
+def write_chunk(out: BinaryIO, ctype: bytes, payload: bytes) -> int:
+    """Write one chunk; returns the number of bytes written."""
+    assert len(ctype) == 4 and ctype.isalpha(), ctype
+    crc = zlib.crc32(ctype + payload) & 0xFFFFFFFF
+    out.write(struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", crc))
+    return 12 + len(payload)
+
+
+def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+    data = src.read(n)
+    if len(data) != n:
+        raise StreamError(f"truncated stream: {what} ends after {len(data)} of {n} bytes")
+    return data
+
+
+def read_signature(src: BinaryIO) -> int:
+    """Check the magic and return the format version."""
+    head = src.read(len(MAGIC) + 2)
+    if len(head) < len(MAGIC) or head[: len(MAGIC)] != MAGIC:
+        raise StreamError("not a gsvc stream (bad signature)")
+    if len(head) < len(MAGIC) + 2:
+        raise StreamError("truncated stream: no format version")
+    (version,) = struct.unpack(">H", head[len(MAGIC) :])
+    if version != FORMAT_VERSION:
+        raise StreamError(
+            f"unsupported format version {version} (this gsvc reads version {FORMAT_VERSION})"
+        )
+    return version
+
+
+def iter_chunks(src: BinaryIO, offset: int) -> Iterator[Chunk]:
+    """Yield chunks from ``src`` until a clean end of file; verifies every CRC."""
+    index = 0
+    while True:
+        head = src.read(8)
+        if not head:
+            return
+        if len(head) < 8:
+            raise StreamError(f"truncated stream: chunk #{index} header at byte {offset}")
+        (length,) = struct.unpack(">I", head[:4])
+        ctype = head[4:]
+        name = ctype.decode("ascii", "replace")
+        if length > MAX_CHUNK or not ctype.isalpha():
+            raise StreamError(f"corrupt stream: bad chunk header at byte {offset}")
+        payload = _read_exact(src, length, f"chunk {name} at byte {offset}")
+        (crc,) = struct.unpack(">I", _read_exact(src, 4, f"CRC of chunk {name} at byte {offset}"))
+        if zlib.crc32(ctype + payload) & 0xFFFFFFFF != crc:
+            raise StreamError(f"corrupt stream: CRC mismatch in chunk {name} at byte {offset}")
+        yield Chunk(ctype, payload, offset)
+        offset += 12 + length
+        index += 1

@@ -1,0 +1,103 @@
+"""Content-adaptive initialization of a layer's Gaussians.
+
+Positions are drawn from an importance map (image gradients for the base layer,
+the remaining error for enhancement layers) mixed with a uniform floor, so the base
+layer covers the whole picture and later layers go where detail is missing. Each
+Gaussian's size follows the local sampling density (about one Gaussian per sigma^2),
+and its colour is the target divided by the layer's coverage at its centre, the
+one-step least-squares answer for the additive sum.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import GaussianLayer
+from .render import render
+
+
+def blur(x: Tensor, radius: int) -> Tensor:
+    """Box blur of an [H, W] map (separable, edge-replicated)."""
+    if radius <= 0:
+        return x
+    k = 2 * radius + 1
+    y = F.pad(x[None, None], (radius, radius, radius, radius), mode="replicate")
+    y = F.avg_pool2d(y, kernel_size=k, stride=1)
+    return y[0, 0]
+
+
+def gradient_map(target: Tensor) -> Tensor:  # [H, W, 3] -> [H, W]
+    """Magnitude of the luminance gradient (central differences)."""
+    lum = target @ torch.tensor([0.299, 0.587, 0.114], dtype=target.dtype, device=target.device)
+    p = F.pad(lum[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    gx = (p[1:-1, 2:] - p[1:-1, :-2]) * 0.5
+    gy = (p[2:, 1:-1] - p[:-2, 1:-1]) * 0.5
+    return torch.sqrt(gx * gx + gy * gy)
+
+
+def importance(detail: Tensor, uniform_share: float, smooth: int) -> Tensor:
+    """Normalized sampling density [H, W]: uniform_share spread evenly, the rest by detail."""
+    d = blur(detail.clamp_min(0), smooth)
+    total = d.sum()
+    n = d.numel()
+    if total <= 0:
+        return torch.full_like(d, 1.0 / n)
+    return uniform_share / n + (1.0 - uniform_share) * d / total
+
+
+def sample_layer(
+    density: Tensor,  # [H, W], sums to 1
+    count: int,
+    residual: Tensor,  # [H, W, 3] what this layer should add
+    generator: torch.Generator,
+    size_factor: float,
+    backend: str,
+) -> GaussianLayer:
+    h, w = density.shape
+    flat = density.reshape(-1).to(torch.float64)
+    idx = torch.multinomial(flat, count, replacement=True, generator=generator)
+    jitter = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    ys = torch.div(idx, w, rounding_mode="floor")
+    xs = idx - ys * w
+    means = torch.stack([xs + jitter[:, 0], ys + jitter[:, 1]], dim=1).to(torch.float32)
+    # about one Gaussian per (spacing)^2 pixels: spacing = 1 / sqrt(count * density)
+    local = flat[idx].to(torch.float32)
+    spacing = 1.0 / torch.sqrt(count * local)
+    sigma = (size_factor * spacing).clamp(0.6, max(2.0, min(h, w) / 3))
+    log_sigma = torch.log(sigma)
+    chol = torch.stack([log_sigma, log_sigma, torch.zeros_like(log_sigma)], dim=1)
+    ones = torch.ones(count, 3)
+    with torch.no_grad():
+        coverage = render(means, chol, ones, h, w, backend=backend)[..., 0]
+    cov_at = coverage[ys, xs].clamp_min(0.5)
+    colors = residual[ys, xs] / cov_at[:, None]
+    return GaussianLayer(means.contiguous(), chol.contiguous(), colors.to(torch.float32).contiguous())
+
+
+def init_base_layer(
+    target: Tensor, count: int, generator: torch.Generator, backend: str, uniform_share: float = 0.5
+) -> GaussianLayer:
+    """Base layer: gradient-weighted positions over a uniform floor (no holes)."""
+    h, w = target.shape[:2]
+    smooth = max(1, round(math.sqrt(h * w / count) / 2))
+    density = importance(gradient_map(target), uniform_share, smooth)
+    return sample_layer(density, count, target, generator, size_factor=0.8, backend=backend)
+
+
+def init_enhancement_layer(
+    target: Tensor,  # [H, W, 3]
+    current: Tensor,  # [H, W, 3] reconstruction of the layers below
+    count: int,
+    generator: torch.Generator,
+    backend: str,
+    uniform_share: float = 0.1,
+) -> GaussianLayer:
+    """Enhancement layer: positions where the layers below still miss the target."""
+    h, w = target.shape[:2]
+    residual = target - current
+    error = (residual * residual).sum(-1)
+    density = importance(error, uniform_share, smooth=1)
+    return sample_layer(density, count, residual, generator, size_factor=0.7, backend=backend)

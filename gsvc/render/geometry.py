@@ -1,0 +1,65 @@
+"""Shared geometry of the additive Gaussian renderer.
+
+Every backend draws the same picture; the equation is fixed by the format
+(bitstream/FORMAT.md, "Render equation") and lives here once:
+
+    Sigma_i = s^2 * L_i L_i^T + EPS * I                      (s: render scale)
+    L_i     = [[exp(a_i), 0], [r_i * exp(b_i), exp(b_i)]]    (Cholesky factor)
+    A_i     = Sigma_i^-1 = [[ca, cb], [cb, cc]]              ("conic")
+    q_i(p)  = ca*dx^2 + 2*cb*dx*dy + cc*dy^2,  (dx, dy) = p - s*mu_i
+    w_i(p)  = exp(-q_i(p) / 2)  if q_i(p) <= Q_MAX  else 0
+    I(p)    = clamp(sum_i w_i(p) * c_i, 0, 1)
+
+Pixel (row y, column x) has its centre at p = (x + 0.5, y + 0.5); means are in
+pixels of the encoded resolution.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: Isotropic footprint (pixels^2 of the output grid) added to every covariance, so that
+#: a Gaussian narrower than a pixel still covers a pixel centre (as in 3DGS / gsplat).
+EPS = 0.3
+#: Cut-off of the Mahalanobis distance: a Gaussian contributes only where its weight
+#: exp(-q/2) is at least 1/255.
+Q_MAX = 2.0 * math.log(255.0)
+
+
+def covariance(chol: Tensor, scale: float = 1.0) -> Tensor:
+    """Covariance entries (s11, s12, s22) from log-Cholesky parameters.
+
+    chol: [N, 3] holding (a, b, r): L = [[e^a, 0], [r e^b, e^b]].
+    returns [N, 3].
+    """
+    assert chol.dim() == 2 and chol.shape[1] == 3, chol.shape
+    l1 = torch.exp(chol[:, 0]) * scale
+    l3 = torch.exp(chol[:, 1]) * scale
+    l2 = chol[:, 2] * l3
+    s11 = l1 * l1 + EPS
+    s12 = l1 * l2
+    s22 = l2 * l2 + l3 * l3 + EPS
+    return torch.stack([s11, s12, s22], dim=-1)
+
+
+def conics_from_chol(chol: Tensor, scale: float = 1.0) -> Tensor:
+    """Inverse covariance (ca, cb, cc) of each Gaussian: [N, 3] -> [N, 3]."""
+    cov = covariance(chol, scale)
+    s11, s12, s22 = cov.unbind(-1)
+    det = s11 * s22 - s12 * s12
+    return torch.stack([s22 / det, -s12 / det, s11 / det], dim=-1)
+
+
+def bbox_radius(conics: Tensor) -> Tensor:
+    """Half-extent in x and y of the region where q <= Q_MAX: [N, 3] -> [N, 2].
+
+    For the ellipse q(d) = Q_MAX the extreme |dx| is sqrt(Q_MAX * Sigma_11) and the
+    extreme |dy| is sqrt(Q_MAX * Sigma_22), with Sigma = A^-1.
+    """
+    ca, cb, cc = conics.unbind(-1)
+    det = ca * cc - cb * cb
+    sxx = cc / det
+    syy = ca / det
+    return torch.stack([torch.sqrt(Q_MAX * sxx), torch.sqrt(Q_MAX * syy)], dim=-1)

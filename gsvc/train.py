@@ -1,0 +1,164 @@
+"""Fitting layered Gaussians to an image: P-GSVC joint training (or LIG-style sequential).
+
+Joint schedule (the default):
+
+1. Layer 1 is initialized (init.py) and trained alone for ``warmup_share`` of the
+   iterations; then layer 2 is initialized on the remaining error and layers 1-2
+   train jointly, and so on, until all L layers are present. These warm-up stages
+   only place the enhancement layers where detail is missing.
+2. For the rest of the run all layers train together. Every iteration minimizes
+
+       MSE(render(layers 1..L)) + intermediate_weight * MSE(render(layers 1..k))
+
+   with k = 1, 2, ..., L-1, 1, 2, ... taken cyclically, and one Adam step updates
+   the parameters of every layer. Because rendering is an additive sum, the two
+   targets share one render: low = sum(layers 1..k), full = low + sum(layers k+1..L).
+3. The last ``qat_share`` of iterations renders every parameter through the stream's
+   quantizer with a straight-through gradient (quantization-aware fine-tuning).
+
+Sequential ("LIG") training is the baseline: layer l is fitted for 1/L of the
+iterations with layers 1..l-1 frozen at their quantized values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from .metrics import psnr_from_mse
+from .loss import clamped_mse
+from .init import init_base_layer, init_enhancement_layer
+from .model import GaussianLayer, LayeredImage, concat
+from .quantize import fake_quantize
+from .render import render
+
+Progress = Callable[[int, int, float], None]  # (iteration done, total, PSNR of full render)
+
+
+@dataclass
+class TrainSettings:
+    """How layers are fitted. Iteration counts are totals over all stages."""
+
+    #: optimizer steps in total
+    iterations: int = 2000
+    #: "joint" (P-GSVC: all layers every step) or "sequential" (LIG: one layer at a time)
+    mode: Literal["joint", "sequential"] = "joint"
+    #: joint mode: share of iterations each of layers 1..L-1 trains before the next is added
+    warmup_share: float = 0.1
+    #: weight of the intermediate (layers 1..k) loss next to the full loss
+    intermediate_weight: float = 1.0
+    #: final share of iterations trained through the quantizer (per stage when sequential)
+    qat_share: float = 0.15
+    #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours
+    lr_means: float = 0.2
+    lr_chol: float = 0.02
+    lr_colors: float = 0.01
+    #: learning rates decay exponentially to this fraction by the last step
+    lr_final_ratio: float = 0.05
+    #: share of the base layer's positions drawn uniformly (the rest follow image gradients)
+    base_uniform_share: float = 0.5
+    #: random seed of the initialization
+    seed: int = 0
+
+
+def _stage_iterations(settings: TrainSettings, num_layers: int) -> list[int]:
+    total = settings.iterations
+    if settings.mode == "sequential":
+        base = total // num_layers
+        return [base] * (num_layers - 1) + [total - base * (num_layers - 1)]
+    warm = round(total * settings.warmup_share)
+    warm = min(warm, total // num_layers)
+    return [warm] * (num_layers - 1) + [total - warm * (num_layers - 1)]
+
+
+def _leaf(layer: GaussianLayer, device: torch.device) -> GaussianLayer:
+    return GaussianLayer(*(t.detach().to(device).clone().requires_grad_(True) for t in layer.tensors()))
+
+
+def _param_groups(layer: GaussianLayer, s: TrainSettings) -> list[dict]:
+    return [
+        {"params": [layer.means], "lr": s.lr_means, "base_lr": s.lr_means},
+        {"params": [layer.chol], "lr": s.lr_chol, "base_lr": s.lr_chol},
+        {"params": [layer.colors], "lr": s.lr_colors, "base_lr": s.lr_colors},
+    ]
+
+
+def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str) -> Tensor:
+    g = concat(layers)
+    return render(g.means, g.chol, g.colors, h, w, backend=backend)
+
+
+def fit(
+    target: Tensor,  # [H, W, 3] float in [0, 1]
+    counts: tuple[int, ...],
+    settings: TrainSettings,
+    steps: tuple[float, ...],
+    backend: str = "torch",
+    progress: Progress | None = None,
+) -> LayeredImage:
+    """Fit len(counts) layers of Gaussians to ``target``."""
+    assert target.dim() == 3 and target.shape[2] == 3, target.shape
+    assert len(counts) >= 1 and min(counts) >= 1, counts
+    h, w = target.shape[:2]
+    device = target.device
+    gen = torch.Generator().manual_seed(settings.seed)
+    cpu_target = target.detach().to("cpu", torch.float32)
+    num_layers = len(counts)
+    stage_iters = _stage_iterations(settings, num_layers)
+    total = sum(stage_iters)
+    sequential = settings.mode == "sequential"
+
+    layers: list[GaussianLayer] = []
+    optimizer: torch.optim.Adam | None = None
+    done = 0
+    for stage, count in enumerate(counts):
+        if stage == 0:
+            new = init_base_layer(cpu_target, count, gen, "torch" if device.type != "cpu" else backend,
+                                  settings.base_uniform_share)
+        else:
+            with torch.no_grad():
+                below = [fake_quantize(l, steps) for l in layers] if sequential else layers
+                current = _render_sum(below, h, w, backend).clamp(0, 1).to("cpu")
+            new = init_enhancement_layer(cpu_target, current, count, gen,
+                                         "torch" if device.type != "cpu" else backend)
+        if sequential:
+            layers = [l.detached() for l in layers]
+        layers.append(_leaf(new, device))
+        if sequential or optimizer is None:
+            optimizer = torch.optim.Adam(_param_groups(layers[-1], settings), eps=1e-15, foreach=True)
+        else:
+            for group in _param_groups(layers[-1], settings):
+                optimizer.add_param_group(group)
+
+        n_iter = stage_iters[stage]
+        qat_from = n_iter - round(n_iter * settings.qat_share) if (sequential or stage == num_layers - 1) else n_iter
+        for it in range(n_iter):
+            frac = (it / max(1, n_iter - 1)) if sequential else (done / max(1, total - 1))
+            decay = settings.lr_final_ratio**frac
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * decay
+            qat = it >= qat_from
+            present = [
+                fake_quantize(l, steps) if (qat or (sequential and i < stage)) else l
+                for i, l in enumerate(layers)
+            ]
+            if not sequential and len(present) >= 2:
+                k = 1 + it % (len(present) - 1)
+                low = _render_sum(present[:k], h, w, backend)
+                full = low + _render_sum(present[k:], h, w, backend)
+                full_mse = clamped_mse(full, target)
+                part_mse = clamped_mse(low, target)
+                loss = full_mse + settings.intermediate_weight * part_mse
+            else:
+                full = _render_sum(present, h, w, backend)
+                full_mse = clamped_mse(full, target)
+                loss = full_mse
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if progress is not None:
+                progress(done, total, psnr_from_mse(full_mse.item()))
+    return LayeredImage(w, h, [l.detached() for l in layers])

@@ -1,0 +1,47 @@
+"""A committed stream pins the format: its bytes, its header, its pixels."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from gsvc.codec import decode_image, encode_model, stream_info
+from gsvc.media import read_image
+
+from golden import DATA, STEPS, tiny_model
+
+
+@pytest.fixture(scope="module")
+def golden() -> bytes:
+    return (DATA / "tiny.gsv").read_bytes()
+
+
+def test_encoder_reproduces_the_golden_bytes(golden):
+    data, sizes = encode_model(tiny_model(), STEPS)
+    assert data == golden
+    assert sum(sizes) == len(golden)
+
+
+def test_golden_header_by_hand(golden):
+    assert golden[:10] == b"\x89GSV\r\n\x1a\n\x00\x01"
+    length = struct.unpack(">I", golden[10:14])[0]
+    assert golden[14:18] == b"GHDR"
+    payload = golden[18 : 18 + length]
+    assert struct.unpack(">I", golden[18 + length : 22 + length])[0] == zlib.crc32(b"GHDR" + payload)
+    kind, w, h, nlayers = struct.unpack_from(">BIIB", payload)
+    assert (kind, w, h, nlayers) == (0, 16, 12, 2)
+    assert struct.unpack_from(">2I", payload, 10) == (6, 3)
+    coder, nsteps = struct.unpack_from(">BB", payload, 18)
+    assert (coder, nsteps) == (1, 8)
+    assert struct.unpack_from(">8f", payload, 20) == pytest.approx(STEPS)
+    info = stream_info(golden)
+    assert [l["gaussians"] for l in info["layers"]] == [6, 3]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_golden_pixels(golden, backend):
+    expected = read_image(DATA / "tiny.png")
+    got = decode_image(golden, backend=backend)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    if backend == "torch":
+        np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,233 @@
+"""Render backends against the plain-torch reference: outputs and gradients."""
+from __future__ import annotations
+
+import math
+
+import numba
+import pytest
+import torch
+
+from gsvc.render import conics_from_chol, get_backend, render
+from gsvc.render import numba_cpu
+from gsvc.render.reference import rasterize_sum as reference
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _gaussians(n, height, width, seed, mu=1.0, sd=0.6, pad=10.0):
+    """Random Gaussians (means [N, 2], conics [N, 3], colors [N, 3]), some overhanging
+    the image border by up to ``pad`` pixels."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(n, 2, generator=g) * torch.tensor([width + 2 * pad, height + 2 * pad]) - pad
+    chol = torch.cat(
+        [torch.randn(n, 2, generator=g) * sd + mu, torch.randn(n, 1, generator=g)], dim=1
+    )
+    colors = torch.randn(n, 3, generator=g)
+    return means, conics_from_chol(chol), colors
+
+
+def _conics_from_axes(sig_major, sig_minor, angle):
+    """Inverse of R diag(s1^2, s2^2) R^T, for elongated / rotated test Gaussians."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    i1, i2 = 1.0 / sig_major**2, 1.0 / sig_minor**2
+    ca = c * c * i1 + s * s * i2
+    cb = c * s * (i1 - i2)
+    cc = s * s * i1 + c * c * i2
+    return torch.stack([ca, cb, cc], dim=-1)
+
+
+def _run(fn, means, conics, colors, height, width, grad_out):
+    m = means.detach().clone().requires_grad_(True)
+    c = conics.detach().clone().requires_grad_(True)
+    col = colors.detach().clone().requires_grad_(True)
+    out = fn(m, c, col, height, width)
+    if not out.requires_grad:  # the reference, when no Gaussian touches the image
+        return out, torch.zeros_like(m), torch.zeros_like(c), torch.zeros_like(col)
+    out.backward(grad_out)
+    return out.detach(), m.grad, c.grad, col.grad
+
+
+def _close(actual, expected, rel=2e-5):
+    """float32-sum closeness, with the absolute slack scaled to the tensor's size."""
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=rel * scale)
+
+
+def _compare(means, conics, colors, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_out = torch.randn(height, width, 3, generator=g)
+    ref = _run(reference, means, conics, colors, height, width, grad_out)
+    got = _run(numba_cpu.rasterize_sum, means, conics, colors, height, width, grad_out)
+    assert got[0].shape == (height, width, 3) and got[0].dtype == torch.float32
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    for name, a, b in zip(("means", "conics", "colors"), got[1:], ref[1:]):
+        assert a.shape == b.shape, name
+        _close(a, b)
+    return ref, got
+
+
+# --------------------------------------------------------------------------- numba vs torch
+
+
+@pytest.mark.parametrize("height,width", [(37, 53), (64, 96)])
+def test_random(height, width):
+    means, conics, colors = _gaussians(200, height, width, seed=height)
+    _compare(means, conics, colors, height, width)
+
+
+def test_same_support():
+    """The cut q <= Q_MAX keeps exactly the reference's pixels (q is computed the same way)."""
+    height, width = 40, 50
+    means, conics, colors = _gaussians(30, height, width, seed=3, mu=1.5)
+    for i in range(30):
+        args = (means[i : i + 1], conics[i : i + 1], torch.ones(1, 3), height, width)
+        with torch.no_grad():
+            assert torch.equal(numba_cpu.rasterize_sum(*args) > 0, reference(*args) > 0)
+
+
+def test_tiny():
+    """Footprints narrower than a pixel: drawn at one pixel centre or not at all."""
+    height, width = 20, 30
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randint(0, 20, (20, 2), generator=g).float() + 0.5
+    means = torch.cat([centres, centres + 0.5, centres + torch.rand(20, 2, generator=g)])
+    conics = torch.tensor([50.0, 0.0, 50.0]).repeat(60, 1)
+    colors = torch.rand(60, 3, generator=g)
+    ref, got = _compare(means, conics, colors, height, width)
+    assert (ref[0] > 0).any()
+
+
+def test_huge():
+    """Boxes much larger than the image, alone and mixed with small Gaussians."""
+    height, width = 37, 53
+    g = torch.Generator().manual_seed(7)
+    means = torch.rand(6, 2, generator=g) * 60.0 - 5.0
+    major = torch.rand(6, generator=g) * 200 + 50
+    minor = torch.rand(6, generator=g) * 100 + 20
+    conics = _conics_from_axes(major, minor, torch.rand(6, generator=g) * 3.0)
+    colors = torch.randn(6, 3, generator=g)
+    _compare(means, conics, colors, height, width)
+    m2, c2, col2 = _gaussians(50, height, width, seed=8)
+    cat = torch.cat
+    _compare(cat([means, m2]), cat([conics, c2]), cat([colors, col2]), height, width)
+
+
+def test_off_image():
+    height, width = 37, 53
+    means, conics, colors = _gaussians(40, height, width, seed=9)
+    far = torch.tensor([[-100.0, 10], [10, -100], [200, 10], [10, 200], [-50, -50]])
+    ref, got = _compare(far, conics[:5], colors[:5], height, width)
+    assert not got[0].any() and not got[1].any() and not got[3].any()
+    # mixed: off-image ones change nothing, overhanging ones are clipped
+    cat = torch.cat
+    _compare(
+        cat([far, means]), cat([conics[:5], conics]), cat([colors[:5], colors]), height, width
+    )
+
+
+def test_elongated():
+    """Very thin, rotated Gaussians (strong cancellation inside q)."""
+    height, width = 64, 96
+    g = torch.Generator().manual_seed(11)
+    n = 40
+    means = torch.rand(n, 2, generator=g) * torch.tensor([width, height])
+    major = torch.rand(n, generator=g) * 40 + 10
+    minor = torch.rand(n, generator=g) * 0.4 + 0.3  # down to 0.3 px: lines ~2 px wide
+    conics = _conics_from_axes(major, minor, torch.rand(n, generator=g) * math.pi)
+    colors = torch.randn(n, 3, generator=g)
+    _compare(means, conics, colors, height, width)
+
+
+def test_single():
+    means = torch.tensor([[20.3, 11.7]])
+    conics = torch.tensor([[0.2, 0.05, 0.1]])
+    _compare(means, conics, torch.tensor([[0.5, -1.0, 2.0]]), 37, 53)
+
+
+def test_empty():
+    z2, z3 = torch.zeros(0, 2), torch.zeros(0, 3)
+    _, got = _compare(z2, z3, z3, 37, 53)
+    assert not got[0].any()
+    assert got[1].shape == (0, 2) and got[2].shape == (0, 3) and got[3].shape == (0, 3)
+    assert numba_cpu.rasterize_sum(*_gaussians(5, 8, 8, 0), 0, 7).shape == (0, 7, 3)
+
+
+def test_dtypes_layouts_and_no_grad():
+    height, width = 37, 53
+    means, conics, colors = _gaussians(60, height, width, seed=13)
+    # float64 in: float32 image out, float64 gradients, same values as float32 in
+    fn = numba_cpu.rasterize_sum
+    ones = torch.ones(height, width, 3)
+    ref = _run(fn, means, conics, colors, height, width, ones)
+    got = _run(fn, means.double(), conics.double(), colors.double(), height, width, ones.double())
+    assert got[0].dtype == torch.float32
+    assert all(t.dtype == torch.float64 for t in got[1:])
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.float(), b, rtol=0, atol=0)
+    # non-contiguous views
+    wide = torch.stack([means, means + 1000], dim=2).reshape(60, 4)[:, ::2]
+    assert not wide.is_contiguous()
+    c_t = conics.t().contiguous().t()
+    assert not c_t.is_contiguous()
+    out = numba_cpu.rasterize_sum(wide, c_t, colors, height, width)
+    assert torch.equal(out, ref[0])
+    # nothing requires grad / only some inputs do
+    out = numba_cpu.rasterize_sum(means, conics, colors, height, width)
+    assert not out.requires_grad and torch.equal(out, ref[0])
+    col = colors.clone().requires_grad_(True)
+    numba_cpu.rasterize_sum(means, conics, col, height, width).sum().backward()
+    torch.testing.assert_close(col.grad, ref[3], rtol=0, atol=0)
+
+
+def test_shape_asserts():
+    m, c, col = _gaussians(4, 8, 8, 0)
+    with pytest.raises(AssertionError):
+        numba_cpu.rasterize_sum(m[:, :1], c, col, 8, 8)
+    with pytest.raises(AssertionError):
+        numba_cpu.rasterize_sum(m, c[:3], col, 8, 8)
+
+
+def test_deterministic():
+    """Bit-identical outputs and gradients, run to run and for any thread count."""
+    height, width = 64, 96
+    means, conics, colors = _gaussians(300, height, width, seed=17, mu=1.5)
+    grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(2))
+    args = (means, conics, colors, height, width, grad_out)
+    runs = [_run(numba_cpu.rasterize_sum, *args) for _ in range(2)]
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        runs.append(_run(numba_cpu.rasterize_sum, *args))
+    finally:
+        numba.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_registry():
+    assert get_backend("numba") is numba_cpu.rasterize_sum
+    g = torch.Generator().manual_seed(19)
+    means = torch.rand(20, 2, generator=g) * 16
+    chol = torch.randn(20, 3, generator=g) * 0.3
+    colors = torch.rand(20, 3, generator=g)
+    a = render(means, chol, colors, 32, 40, backend="numba", scale=2.0)
+    b = render(means, chol, colors, 32, 40, backend="torch", scale=2.0)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- torch on CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_cuda_matches_cpu():
+    height, width = 64, 96
+    means, conics, colors = _gaussians(300, height, width, seed=23)
+    grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(4))
+    cpu = _run(reference, means, conics, colors, height, width, grad_out)
+    dev = torch.device("cuda")
+    m, c, col, go = (t.to(dev) for t in (means, conics, colors, grad_out))
+    gpu = _run(reference, m, c, col, height, width, go)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(gpu[1:], cpu[1:]):
+        _close(a.cpu(), b)

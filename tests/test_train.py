@@ -1,0 +1,94 @@
+"""Training behaviour: layers that earn their bytes, a hole-free base, the quantizer."""
+import numpy as np
+import pytest
+import torch
+
+from gsvc.codec import to_uint8
+from gsvc.metrics import hole_fraction, psnr
+from gsvc.model import GaussianLayer, LayeredImage
+from gsvc.quantize import QuantSettings, dequantize, fake_quantize, from_streams, quantize, to_streams
+from gsvc.train import TrainSettings, _stage_iterations, fit
+
+STEPS = QuantSettings().steps()
+
+
+def _target(crop):
+    return torch.from_numpy(crop.astype(np.float32) / 255)
+
+
+def test_base_layer_alone_is_complete(encoded, crop):
+    base = to_uint8(encoded.model.render(1))
+    assert hole_fraction(base, crop) == 0.0
+    # the metric does see holes: drop the Gaussians of the left half of the base layer
+    layer = encoded.model.layers[0]
+    keep = layer.means[:, 0] > crop.shape[1] / 2
+    holed = LayeredImage(48, 32, [GaussianLayer(*(t[keep] for t in layer.tensors()))])
+    assert hole_fraction(to_uint8(holed.render()), crop) > 0.2
+
+
+def test_joint_training_makes_every_layer_add_detail(encoded, crop):
+    values = [psnr(to_uint8(encoded.model.render(k)), crop) for k in (1, 2, 3)]
+    assert values[1] - values[0] > 0.4 and values[2] - values[1] > 0.4, values
+
+
+def test_stage_schedule():
+    s = TrainSettings(iterations=1000, warmup_share=0.1)
+    assert _stage_iterations(s, 3) == [100, 100, 800]
+    assert _stage_iterations(TrainSettings(iterations=10, warmup_share=0.5), 3) == [3, 3, 4]
+    seq = TrainSettings(iterations=1000, mode="sequential")
+    assert _stage_iterations(seq, 3) == [333, 333, 334]
+    assert sum(_stage_iterations(TrainSettings(iterations=7), 4)) == 7
+
+
+def test_sequential_training_freezes_lower_layers(crop):
+    target = _target(crop)
+    seen = {}
+
+    def spy(done, total, value):
+        seen[done] = value
+
+    settings = TrainSettings(iterations=60, mode="sequential", seed=1)
+    model = fit(target, (30, 15), settings, STEPS, backend="torch", progress=spy)
+    assert len(seen) == 60
+    # layer 1 was fitted first and then frozen at its quantized values: refitting only
+    # layer 1 with the same seed for its share of the iterations gives the same layer
+    alone = fit(target, (30,), TrainSettings(iterations=30, mode="sequential", seed=1), STEPS, backend="torch")
+    for a, b in zip(model.layers[0].tensors(), alone.layers[0].tensors()):
+        torch.testing.assert_close(a, b)
+
+
+def test_joint_mode_updates_all_layers_together(crop):
+    target = _target(crop)
+    model = fit(target, (30, 15), TrainSettings(iterations=40, warmup_share=0.25), STEPS, backend="torch")
+    alone = fit(target, (30,), TrainSettings(iterations=10), STEPS, backend="torch")
+    # the base layer kept training after layer 2 arrived
+    assert not torch.allclose(model.layers[0].means, alone.layers[0].means)
+
+
+def test_fake_quantization_equals_stream_quantization():
+    g = torch.Generator().manual_seed(0)
+    layer = GaussianLayer(torch.rand(50, 2, generator=g) * 40, torch.randn(50, 3, generator=g),
+                          torch.rand(50, 3, generator=g))
+    fq = fake_quantize(layer, STEPS)
+    q = quantize(layer, STEPS)
+    back = dequantize(from_streams(to_streams(q)), STEPS)
+    # same set of Gaussians (the stream sorts them)
+    key = lambda l: torch.cat(l.tensors(), 1).detach().double().numpy()
+    a = key(fq)
+    b = key(back)
+    np.testing.assert_allclose(a[np.lexsort(a.T[::-1])], b[np.lexsort(b.T[::-1])], atol=1e-5)
+
+
+def test_fake_quantization_passes_gradients_straight_through():
+    means = torch.rand(5, 2, requires_grad=True)
+    layer = GaussianLayer(means, torch.zeros(5, 3), torch.zeros(5, 3))
+    fake_quantize(layer, STEPS).means.sum().backward()
+    torch.testing.assert_close(means.grad, torch.ones(5, 2))
+
+
+@pytest.mark.parametrize("mode", ["joint", "sequential"])
+def test_progress_reports_every_iteration(crop, mode):
+    calls = []
+    fit(_target(crop)[:16, :16], (8, 4, 4), TrainSettings(iterations=12, mode=mode), STEPS,
+        backend="torch", progress=lambda d, t, p: calls.append((d, t)))
+    assert calls == [(i, 12) for i in range(1, 13)]
