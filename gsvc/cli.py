@@ -1,4 +1,4 @@
-"""Command line: gsvc encode | decode | info."""
+"""Command line: gsvc encode | decode | info | eval."""
 from __future__ import annotations
 
 import json
@@ -167,3 +167,33 @@ def info(input, as_json):
                f"{len(data['layers'])} of {data['layers_encoded']} layers, {data['total_bytes']} bytes "
                f"({data['bpp']:.4f} bpp, header {data['header_bytes']} bytes)")
     _print_table([(row, None) for row in data["layers"]])
+
+
+@main.command("eval")
+@click.argument("stream", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The original image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Decodes per layer count; decode ms is their median.")
+def eval_(stream, reference, as_json, repeats):
+    """Rate-distortion of every layer count: bytes, bpp, PSNR, MS-SSIM, decode ms."""
+    from .evaluate import evaluate_stream
+    from .media import check_input_file, read_image
+
+    data = check_input_file(stream).read_bytes()
+    ref = read_image(reference, notice=lambda m: click.echo(f"gsvc: note: {m}", err=True))
+    result = evaluate_stream(data, ref, repeats=repeats, reference_name=f"--reference {reference}")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    scales = result["ms_ssim_scales"]
+    click.echo(f"{stream} vs {reference}: gsvc {result['kind']}, {result['width']}x{result['height']}, "
+               f"{len(result['layers'])} of {result['layers_encoded']} layers"
+               + ("" if scales == 5 else
+                  f" (MS-SSIM on {scales} scale{'s' if scales != 1 else ''}: picture too small for 5)"
+                  if scales else " (MS-SSIM: picture too small)"))
+    click.echo(f"{'layers':>6} {'bytes':>8} {'bpp':>7} {'PSNR dB':>8} {'MS-SSIM':>8} {'decode ms':>9}")
+    for row in result["layers"]:
+        ms = "-" if row["ms_ssim"] is None else f"{row['ms_ssim']:.5f}"
+        click.echo(f"{row['layers']:>6} {row['bytes']:>8} {row['bpp']:>7.4f} {row['psnr']:>8.2f} {ms:>8} "
+                   f"{row['decode_ms']:>9.1f}")

@@ -30,7 +30,7 @@ REFERENCE_COUNTS = (5000, 2000, 2000)
 REFERENCE_AREA = 768 * 512
 
 #: Iteration totals of the presets.
-PRESETS = {"fast": 600, "medium": 2000, "slow": 6000}
+PRESETS = {"fast": 600, "medium": 3000, "slow": 8000}
 DEFAULT_PRESET = "medium"
 
 

@@ -52,13 +52,13 @@ class TrainSettings:
     #: final share of iterations trained through the quantizer (per stage when sequential)
     qat_share: float = 0.15
     #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours
-    lr_means: float = 0.2
-    lr_chol: float = 0.02
+    lr_means: float = 0.6
+    lr_chol: float = 0.06
     lr_colors: float = 0.01
     #: learning rates decay exponentially to this fraction by the last step
-    lr_final_ratio: float = 0.05
+    lr_final_ratio: float = 0.2
     #: share of the base layer's positions drawn uniformly (the rest follow image gradients)
-    base_uniform_share: float = 0.5
+    base_uniform_share: float = 0.3
     #: random seed of the initialization
     seed: int = 0
 

@@ -135,3 +135,17 @@ def test_bad_layer_requests(encoded):
         decode_image(encoded.data, layers=0)
     with pytest.raises(GsvcError, match="cannot decode 4"):
         decode_image(encoded.data, layers=4)
+
+
+def _backends():
+    out = [("cpu", "torch"), ("cpu", "numba")]
+    if torch.cuda.is_available():
+        out.append(("cuda", "torch"))
+    return out
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_every_backend_decodes_the_same_picture(encoded, device, backend):
+    reference = decode_image(encoded.data, backend="torch")
+    got = decode_image(encoded.data, device=device, backend=backend)
+    assert np.abs(got.astype(int) - reference.astype(int)).max() <= 1
