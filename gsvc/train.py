@@ -113,18 +113,16 @@ def fit(
     layers: list[GaussianLayer] = []
     optimizer: torch.optim.Adam | None = None
     done = 0
+    init_backend = backend if device.type == "cpu" else "torch"  # init works on the CPU
     for stage, count in enumerate(counts):
+        if sequential:  # freeze the layers below at their coded (quantized) values
+            layers = [fake_quantize(l, steps).detached() for l in layers]
         if stage == 0:
-            new = init_base_layer(cpu_target, count, gen, "torch" if device.type != "cpu" else backend,
-                                  settings.base_uniform_share)
+            new = init_base_layer(cpu_target, count, gen, init_backend, settings.base_uniform_share)
         else:
             with torch.no_grad():
-                below = [fake_quantize(l, steps) for l in layers] if sequential else layers
-                current = _render_sum(below, h, w, backend).clamp(0, 1).to("cpu")
-            new = init_enhancement_layer(cpu_target, current, count, gen,
-                                         "torch" if device.type != "cpu" else backend)
-        if sequential:
-            layers = [l.detached() for l in layers]
+                current = _render_sum(layers, h, w, backend).clamp(0, 1).to("cpu")
+            new = init_enhancement_layer(cpu_target, current, count, gen, init_backend)
         layers.append(_leaf(new, device))
         if sequential or optimizer is None:
             optimizer = torch.optim.Adam(_param_groups(layers[-1], settings), eps=1e-15, foreach=True)
@@ -139,11 +137,10 @@ def fit(
             decay = settings.lr_final_ratio**frac
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * decay
-            qat = it >= qat_from
-            present = [
-                fake_quantize(l, steps) if (qat or (sequential and i < stage)) else l
-                for i, l in enumerate(layers)
-            ]
+            if it >= qat_from:  # (frozen layers are quantized already)
+                present = [fake_quantize(l, steps) if l.means.requires_grad else l for l in layers]
+            else:
+                present = layers
             if not sequential and len(present) >= 2:
                 k = 1 + it % (len(present) - 1)
                 low = _render_sum(present[:k], h, w, backend)
