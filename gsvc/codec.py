@@ -130,6 +130,10 @@ def read(source: bytes | str | os.PathLike | BinaryIO, layers: int | None = None
     f = _open(source)
     try:
         stream = read_stream(f, layers)
+    except StreamError as e:
+        if isinstance(source, (str, os.PathLike)):  # name the file in the one-line error
+            raise StreamError(f"{source}: {e}") from None
+        raise
     finally:
         if f is not source:
             f.close()
