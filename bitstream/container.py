@@ -70,24 +70,43 @@ def read_signature(src: BinaryIO) -> int:
     return version
 
 
+def read_chunk(src: BinaryIO, offset: int) -> Chunk | None:
+    """Read one chunk at ``offset`` (the file position); None at a clean end of file."""
+    head = src.read(8)
+    if not head:
+        return None
+    if len(head) < 8:
+        raise StreamError(f"truncated stream: chunk header at byte {offset}")
+    (length,) = struct.unpack(">I", head[:4])
+    ctype = head[4:]
+    name = ctype.decode("ascii", "replace")
+    if length > MAX_CHUNK or not ctype.isalpha():
+        raise StreamError(f"corrupt stream: bad chunk header at byte {offset}")
+    payload = _read_exact(src, length, f"chunk {name} at byte {offset}")
+    (crc,) = struct.unpack(">I", _read_exact(src, 4, f"CRC of chunk {name} at byte {offset}"))
+    if zlib.crc32(ctype + payload) & 0xFFFFFFFF != crc:
+        raise StreamError(f"corrupt stream: CRC mismatch in chunk {name} at byte {offset}")
+    return Chunk(ctype, payload, offset)
+
+
+def skip_bytes(src: BinaryIO, n: int) -> None:
+    """Move ``n`` bytes forward without reading them where the source can seek."""
+    seekable = getattr(src, "seekable", None)
+    if seekable is not None and seekable():
+        src.seek(n, 1)
+        return
+    while n > 0:  # a pipe: read and drop
+        block = src.read(min(n, 1 << 20))
+        if not block:
+            return
+        n -= len(block)
+
+
 def iter_chunks(src: BinaryIO, offset: int) -> Iterator[Chunk]:
     """Yield chunks from ``src`` until a clean end of file; verifies every CRC."""
-    index = 0
     while True:
-        head = src.read(8)
-        if not head:
+        chunk = read_chunk(src, offset)
+        if chunk is None:
             return
-        if len(head) < 8:
-            raise StreamError(f"truncated stream: chunk #{index} header at byte {offset}")
-        (length,) = struct.unpack(">I", head[:4])
-        ctype = head[4:]
-        name = ctype.decode("ascii", "replace")
-        if length > MAX_CHUNK or not ctype.isalpha():
-            raise StreamError(f"corrupt stream: bad chunk header at byte {offset}")
-        payload = _read_exact(src, length, f"chunk {name} at byte {offset}")
-        (crc,) = struct.unpack(">I", _read_exact(src, 4, f"CRC of chunk {name} at byte {offset}"))
-        if zlib.crc32(ctype + payload) & 0xFFFFFFFF != crc:
-            raise StreamError(f"corrupt stream: CRC mismatch in chunk {name} at byte {offset}")
-        yield Chunk(ctype, payload, offset)
-        offset += 12 + length
-        index += 1
+        yield chunk
+        offset += chunk.size

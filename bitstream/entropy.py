@@ -7,7 +7,10 @@ defaults of the installed library: ``constriction.stream.queue.RangeEncoder`` wi
 * categorical: ``Categorical(counts / sum(counts), perfect=False)`` over the stored
   alphabet, counts written into the stream;
 * uniform: ``Uniform(size)``;
-* constant: a single-letter alphabet, no symbols coded.
+* constant: a single-letter alphabet, no symbols coded;
+* geometric (video streams): ``Categorical`` over the alphabet with probabilities
+  proportional to theta^|value|, theta a stored 16-bit fraction: no table to send,
+  and it fits residuals that concentrate at zero.
 
 Streams are coded one after another into a single word sequence.
 """
@@ -26,9 +29,19 @@ CODER_RANGE_V1 = 1
 MODEL_CATEGORICAL = 0
 MODEL_UNIFORM = 1
 MODEL_CONSTANT = 2
+MODEL_GEOMETRIC = 3
+MODELS = (MODEL_CATEGORICAL, MODEL_UNIFORM, MODEL_CONSTANT, MODEL_GEOMETRIC)
 
 #: constriction's Uniform and Categorical models take alphabets below 2**24.
 MAX_ALPHABET = (1 << 24) - 1
+#: The geometric model's alphabet is kept small: its table is built on every use.
+MAX_GEOMETRIC_ALPHABET = 1 << 12
+#: theta = code / GEOMETRIC_ONE, code in [1, GEOMETRIC_ONE - 1]
+GEOMETRIC_ONE = 1 << 16
+#: candidate theta codes the encoder tries (log-spaced tail masses), fixed for determinism
+_THETA_CODES = np.unique(
+    np.clip(np.rint(GEOMETRIC_ONE * (1.0 - 2.0 ** -np.linspace(0.05, 14.0, 96))), 1, GEOMETRIC_ONE - 1)
+).astype(np.int64)
 
 
 def _uvarint(n: int) -> bytes:
@@ -58,12 +71,35 @@ def _read_uvarint(src: io.BytesIO) -> int:
             raise StreamError("corrupt stream: varint too long")
 
 
+def _geometric_distances(values: np.ndarray, min_symbol: int, size: int) -> np.ndarray:
+    """|v - c| with c the alphabet's value nearest to 0 (the mode of the model)."""
+    centre = min(max(0, min_symbol), min_symbol + size - 1)
+    return np.abs(values - centre)
+
+
+def geometric_probabilities(min_symbol: int, size: int, theta_code: int) -> np.ndarray:
+    """p(v) proportional to theta^|v - c| over v in [min_symbol, min_symbol + size), float64,
+    c the alphabet's value nearest to 0.
+
+    Powers are built by repeated multiplication (np.multiply.accumulate runs in
+    order), so every platform computes the same numbers (FORMAT.md, section 4).
+    """
+    theta = theta_code / GEOMETRIC_ONE
+    values = np.arange(min_symbol, min_symbol + size, dtype=np.int64)
+    mags = _geometric_distances(values, min_symbol, size)
+    top = int(mags.max())
+    powers = np.multiply.accumulate(np.concatenate([[1.0], np.full(top, theta)]))  # theta^0..theta^top
+    probs = powers[mags]
+    return probs / probs.sum()
+
+
 @dataclass(frozen=True)
 class _Model:
     kind: int
     min_symbol: int
     size: int
     counts: np.ndarray | None  # [size] for categorical
+    theta_code: int = 0  # geometric only
 
     def constriction(self):
         import constriction  # local: keeps `import bitstream` light
@@ -73,10 +109,29 @@ class _Model:
         if self.kind == MODEL_CATEGORICAL:
             probs = self.counts.astype(np.float64)
             return model.Categorical(probs / probs.sum(), perfect=False)
+        if self.kind == MODEL_GEOMETRIC:
+            probs = geometric_probabilities(self.min_symbol, self.size, self.theta_code)
+            return model.Categorical(probs, perfect=False)
         return model.Uniform(self.size)
 
 
-def _choose_model(symbols: np.ndarray) -> _Model:
+def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int]:
+    """(estimated bits, theta code) of the cheapest geometric model for ``symbols``."""
+    hist = np.bincount(_geometric_distances(symbols, lo, size))  # occurrences of each |v - c|
+    present = np.nonzero(hist)[0]
+    all_mags = _geometric_distances(np.arange(lo, lo + size, dtype=np.int64), lo, size)
+    best = (np.inf, int(_THETA_CODES[0]))
+    for code in _THETA_CODES:
+        log_t = np.log2(code / GEOMETRIC_ONE)
+        # log2 of the normalizer sum(theta^|v|) over the alphabet
+        log_z = np.log2(np.sum(np.exp2(all_mags * log_t)))
+        bits = float(np.sum(hist[present] * (log_z - present * log_t)))
+        if bits < best[0]:
+            best = (bits, int(code))
+    return best
+
+
+def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
     lo, hi = int(symbols.min()), int(symbols.max())
     size = hi - lo + 1
     if size > MAX_ALPHABET:
@@ -89,15 +144,21 @@ def _choose_model(symbols: np.ndarray) -> _Model:
     entropy_bits = float(-(nz * np.log2(nz / n)).sum())
     table_bits = 8.0 * sum(len(_uvarint(int(c))) for c in counts)
     uniform_bits = n * np.log2(size)
+    if geometric and size <= MAX_GEOMETRIC_ALPHABET:
+        geo_bits, code = _best_geometric(symbols, lo, size)
+        if geo_bits + 16 < min(entropy_bits + table_bits, uniform_bits):
+            return _Model(MODEL_GEOMETRIC, lo, size, None, code)
     if entropy_bits + table_bits < uniform_bits:
         return _Model(MODEL_CATEGORICAL, lo, size, counts)
     return _Model(MODEL_UNIFORM, lo, size, None)
 
 
-def encode_streams(streams: list[np.ndarray]) -> bytes:
+def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
     """Code integer arrays into one payload: model descriptors, then coded words.
 
     Lengths are not stored: the reader passes them to ``decode_streams``.
+    ``geometric`` lets the encoder pick the geometric model (video streams only:
+    image streams of format version 1 never use it, so their bytes stay as they were).
     """
     import constriction
 
@@ -107,13 +168,14 @@ def encode_streams(streams: list[np.ndarray]) -> bytes:
     encoder = RangeEncoder()
     for symbols in streams:
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
-        if symbols.size == 0:
-            head.write(struct.pack(">BiI", MODEL_CONSTANT, 0, 1))
+        if symbols.size == 0:  # nothing to code, no descriptor (the reader knows the length)
             continue
-        m = _choose_model(symbols)
+        m = _choose_model(symbols, geometric)
         head.write(struct.pack(">BiI", m.kind, m.min_symbol, m.size))
         if m.kind == MODEL_CATEGORICAL:
             head.write(b"".join(_uvarint(int(c)) for c in m.counts))
+        elif m.kind == MODEL_GEOMETRIC:
+            head.write(struct.pack(">H", m.theta_code))
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
     words = encoder.get_compressed().astype(">u4")
@@ -128,23 +190,34 @@ def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
 
     src = io.BytesIO(payload)
     models = []
-    for _ in lengths:
+    for n in lengths:
+        if n == 0:
+            models.append(_Model(MODEL_CONSTANT, 0, 1, None))
+            continue
         raw = src.read(9)
         if len(raw) != 9:
             raise StreamError("corrupt stream: model descriptor runs past its chunk")
         kind, lo, size = struct.unpack(">BiI", raw)
-        if kind not in (MODEL_CATEGORICAL, MODEL_UNIFORM, MODEL_CONSTANT) or not (
-            1 <= size <= MAX_ALPHABET
-        ):
+        if kind not in MODELS or not (1 <= size <= MAX_ALPHABET):
             raise StreamError("corrupt stream: bad entropy model descriptor")
         counts = None
+        theta_code = 0
+        if kind == MODEL_GEOMETRIC:
+            raw = src.read(2)
+            if len(raw) != 2:
+                raise StreamError("corrupt stream: model descriptor runs past its chunk")
+            (theta_code,) = struct.unpack(">H", raw)
+            if not (1 <= theta_code < GEOMETRIC_ONE) or size > MAX_GEOMETRIC_ALPHABET:
+                raise StreamError("corrupt stream: bad geometric model descriptor")
         if kind == MODEL_CATEGORICAL:
             counts = np.array([_read_uvarint(src) for _ in range(size)], dtype=np.int64)
             if counts.sum() <= 0:
                 raise StreamError("corrupt stream: empty symbol table")
         if kind != MODEL_CONSTANT and size < 2:
             raise StreamError("corrupt stream: alphabet too small for its model")
-        models.append(_Model(kind, lo, size, counts))
+        if kind != MODEL_CONSTANT and lo + size - 1 > 0x7FFFFFFF:
+            raise StreamError("corrupt stream: alphabet leaves the 32-bit range")
+        models.append(_Model(kind, lo, size, counts, theta_code))
     raw = src.read(4)
     if len(raw) != 4:
         raise StreamError("corrupt stream: missing coded word count")

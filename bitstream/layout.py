@@ -16,12 +16,15 @@ from .container import (
 from .entropy import CODER_RANGE_V1
 
 KIND_IMAGE = 0
-KINDS = {KIND_IMAGE: "image"}
+KIND_VIDEO = 1
+KINDS = {KIND_IMAGE: "image", KIND_VIDEO: "video"}
 
 HEADER = b"GHDR"
 LAYER = b"LAYR"
 
 REF_INTRA = 0
+#: video P-frames: the layer is predicted from the same layer of the previous frame
+REF_PREVIOUS = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def read_stream(src: BinaryIO, max_layers: int | None = None) -> Stream:
     if first.type != HEADER:
         raise StreamError("corrupt stream: first chunk is not a header")
     header = Header.unpack(first.payload)
+    if header.kind != KIND_IMAGE:
+        raise StreamError("this is a video stream: read it with bitstream.video")
     stream = Stream(header, [], len(MAGIC) + 2 + first.size)
     if max_layers == 0:
         return stream

@@ -1,4 +1,4 @@
-"""Command line: gsvc encode | decode | info | eval."""
+"""Command line: gsvc encode | decode | info | eval (images and videos)."""
 from __future__ import annotations
 
 import json
@@ -58,7 +58,7 @@ def _parse_counts(ctx, param, text: str | None) -> tuple[int, ...] | None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gsvc")
 def main() -> None:
-    """Scalable image codec built on layered 2D Gaussian splatting."""
+    """Scalable image and video codec built on layered 2D Gaussian splatting."""
 
 
 @main.command()
@@ -66,34 +66,64 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .gsv (default: INPUT with .gsv).")
 @click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated (default scales 5000,2000,2000 at 768x512).")
 @click.option("--layers", type=click.IntRange(1, 255), help="Number of layers when --gaussians is not given (default 3).")
-@click.option("--iterations", type=click.IntRange(1), help="Training iterations in total (overrides --preset).")
+@click.option("--iterations", type=click.IntRange(1), help="Training iterations in total (overrides --preset; video: per I-frame).")
 @click.option("--preset", type=click.Choice(["fast", "medium", "slow"]), default="medium", show_default=True)
 @click.option("--training", type=click.Choice(["joint", "sequential"]), default="joint", show_default=True,
               help="joint: P-GSVC (all layers every step); sequential: LIG-style baseline.")
+@click.option("--size", "size_text", metavar="WxH", help="Resize the input first (one side 0 keeps the aspect ratio).")
+@click.option("--frames", "max_frames", type=click.IntRange(1), help="Video: encode at most this many frames.")
+@click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
+@click.option("--gop", type=click.IntRange(1), help="Video: an I-frame at least every N frames (default 30; 1 = all I-frames).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def encode(input, output, gaussians, layers, iterations, preset, training, device, seed, quiet):
-    """Fit layered Gaussians to an image and write a .gsv stream."""
-    from .codec import PRESETS, EncodeSettings, decode_image, default_counts, encode_image, psnr, stream_info
-    from .media import atomic_output, check_writable, read_image
+def encode(input, output, gaussians, layers, iterations, preset, training, size_text, max_frames, start, gop,
+           device, seed, quiet):
+    """Fit layered Gaussians to an image or a video and write a .gsv stream."""
+    from .encoder import PRESETS, EncodeSettings, default_counts
+    from .media import check_writable, parse_size, probe_video
     from .train import TrainSettings
 
     counts = gaussians
     if counts is not None and layers is not None and len(counts) != layers:
         raise GsvcError(f"--layers {layers} disagrees with --gaussians ({len(counts)} layers)")
     output = output or input.with_suffix(".gsv")
-    rgb = read_image(input, notice=lambda m: click.echo(f"gsvc: note: {m}", err=True))
+    size = parse_size(size_text) if size_text else None
+    video = probe_video(input)
+    check_writable(output)  # fail on an unwritable destination before minutes of training
+
+    def settings_for(w: int, h: int) -> EncodeSettings:
+        return EncodeSettings(
+            gaussians=counts or default_counts(w, h, layers or 3),
+            train=TrainSettings(iterations=iterations or PRESETS[preset], mode=training, seed=seed),
+            device=device,
+        )
+
+    if video is not None:
+        _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet)
+        return
+    for flag, value in (("--frames", max_frames), ("--start", start or None), ("--gop", gop)):
+        if value is not None:
+            _note(f"{input} is a still picture: {flag} applies to videos only")
+    _encode_image(input, output, settings_for, size, quiet)
+
+
+def _note(message: str) -> None:
+    click.echo(f"gsvc: note: {message}", err=True)
+
+
+def _encode_image(input, output, settings_for, size, quiet) -> None:
+    from .decoder import decode_image, stream_info
+    from .encoder import encode_image
+    from .media import atomic_output, fit_size, read_image, resize
+    from .metrics import psnr
+
+    rgb = read_image(input, notice=_note)
+    if size is not None:
+        rgb = resize(rgb, *fit_size(size, rgb.shape[1], rgb.shape[0]))
     h, w = rgb.shape[:2]
-    if counts is None:
-        counts = default_counts(w, h, layers or 3)
-    settings = EncodeSettings(
-        gaussians=counts,
-        train=TrainSettings(iterations=iterations or PRESETS[preset], mode=training, seed=seed),
-        device=device,
-    )
-    # fail on an unwritable destination before minutes of training
-    check_writable(output)
+    settings = settings_for(w, h)
+    counts = settings.gaussians
     start = time.perf_counter()
     total = settings.train.iterations
     if quiet:
@@ -119,6 +149,53 @@ def encode(input, output, gaussians, layers, iterations, preset, training, devic
         _print_table(rows)
 
 
+def _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet) -> None:
+    from .decoder import stream_info
+    from .media import atomic_output, fit_size, read_video
+    from .video_encoder import CodingStructure, encode_video
+
+    if video.has_audio:
+        _note(f"{video.path}: has audio; gsvc codes the pictures only")
+    w, h = fit_size(size, video.width, video.height)
+    settings = settings_for(w, h)
+    structure = CodingStructure(gop=gop) if gop else CodingStructure()
+    estimate = video.frames or round(video.duration * float(video.fps))
+    if start:
+        estimate = max(0, estimate - round(start * float(video.fps)))
+    if max_frames:
+        estimate = min(estimate, max_frames) if estimate else max_frames
+    frames = read_video(video, start=start, max_frames=max_frames, size=size)
+    begin = time.perf_counter()
+    with atomic_output(output) as tmp, open(tmp, "wb") as out:
+        if quiet:
+            summary = encode_video(frames, out, w, h, video.fps, settings, structure)
+        else:
+            counts = settings.gaussians
+            click.echo(f"{video.path}: {w}x{h} video, {float(video.fps):.3f} fps, {len(counts)} layers of "
+                       f"{','.join(map(str, counts))} Gaussians per frame, GOP {structure.gop}", err=True)
+            with click.progressbar(length=max(1, estimate), label="frames", file=sys.stderr,
+                                   item_show_func=lambda p: p, show_pos=True) as bar:
+                def on_frame(r) -> None:
+                    bar.update(1, f"frame {r.index} {r.type} {r.psnr:.2f} dB {r.seconds:.1f} s/frame")
+
+                summary = encode_video(frames, out, w, h, video.fps, settings, structure, on_frame)
+    seconds = time.perf_counter() - begin
+    if quiet:
+        return
+    info = stream_info(output)
+    reports = summary.reports
+    kinds = {t: [r for r in reports if r.type == t] for t in ("I", "P")}
+    click.echo(f"wrote {output}: {info['frames']} frames ({len(kinds['I'])} I, {len(kinds['P'])} P), "
+               f"{info['total_bytes']} bytes, {info['layers'][-1]['cumulative_kbps']:.1f} kbit/s, "
+               f"{info['bpp']:.4f} bpp, {seconds:.1f} s", err=True)
+    for t, rs in kinds.items():
+        if rs:
+            click.echo(f"  {t}-frames: mean {sum(sum(r.bytes) for r in rs) / len(rs):.0f} bytes, "
+                       f"mean PSNR {sum(r.psnr for r in rs) / len(rs):.2f} dB, "
+                       f"{sum(r.seconds for r in rs) / len(rs):.1f} s/frame", err=True)
+    _print_table([(row, None) for row in info["layers"]])
+
+
 def _print_table(rows) -> None:
     click.echo(f"{'layer':>5} {'gaussians':>9} {'bytes':>8} {'bpp':>7} {'cum. bytes':>10} {'cum. bpp':>8}"
                + (f" {'PSNR dB':>8} {'gain dB':>7}" if rows and rows[0][1] is not None else ""))
@@ -135,19 +212,30 @@ def _print_table(rows) -> None:
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output image (.png, .jpg).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Image: .png, .jpg. Video: .mp4/.mov (H.264), .mkv/.avi (FFV1, lossless) or f_%04d.png.")
 @click.option("--layers", type=int, help="Decode only the first N layers (default: all).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Render at this multiple of the encoded size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 def decode(input, output, layers, scale, device):
-    """Decode a .gsv stream (optionally only its first layers) to an image."""
-    from .codec import decode_image
-    from .media import IMAGE_WRITERS, write_image
+    """Decode a .gsv stream (optionally only its first layers) to an image or a video."""
+    from bitstream.layout import KIND_VIDEO
 
-    if output.suffix.lower() not in IMAGE_WRITERS:
-        raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
+    from .decoder import decode_image, open_video, stream_kind
+    from .media import IMAGE_WRITERS, check_input_file, check_video_output, video_output, write_image
+
     if layers is not None and layers < 1:
         raise GsvcError(f"--layers must be at least 1 (got {layers})")
+    if stream_kind(check_input_file(input)) == KIND_VIDEO:
+        check_video_output(output)
+        with open_video(input, layers) as reader:
+            w, h = round(reader.width * scale), round(reader.height * scale)
+            with video_output(output, w, h, reader.fps, notice=_note) as write:
+                for frame in reader.frames(scale=scale, device=device):
+                    write(frame.rgb)
+        return
+    if output.suffix.lower() not in IMAGE_WRITERS:
+        raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
     rgb = decode_image(input, layers=layers, scale=scale, device=device)
     write_image(output, rgb)
 
@@ -157,7 +245,7 @@ def decode(input, output, layers, scale, device):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(input, as_json):
     """Show a stream's layers and their sizes."""
-    from .codec import stream_info
+    from .decoder import stream_info
 
     data = stream_info(input)
     if as_json:
@@ -166,21 +254,40 @@ def info(input, as_json):
     click.echo(f"{input}: gsvc {data['kind']} (format {data['format_version']}), {data['width']}x{data['height']}, "
                f"{len(data['layers'])} of {data['layers_encoded']} layers, {data['total_bytes']} bytes "
                f"({data['bpp']:.4f} bpp, header {data['header_bytes']} bytes)")
+    if data["kind"] == "video":
+        frames = data["frame_list"]
+        gops = data["i_frames"]
+        click.echo(f"{data['frames']} frames at {data['fps']:.3f} fps ({data['duration']:.2f} s), "
+                   f"{gops} GOP{'s' if gops != 1 else ''} (I-frames; longest GOP allowed {data['gop']}), "
+                   f"{data['layers'][-1]['cumulative_kbps']:.1f} kbit/s; per-layer totals over all frames:")
     _print_table([(row, None) for row in data["layers"]])
+    if data["kind"] == "video":
+        click.echo(f"{'frame':>5} {'type':>4} " + " ".join(f"{'L' + str(i + 1) + ' bytes':>9}"
+                                                       for i in range(len(data['layers']))))
+        for f in frames:
+            click.echo(f"{f['index']:>5} {f['type']:>4} " + " ".join(f"{b:>9}" for b in f["bytes"]))
 
 
 @main.command("eval")
 @click.argument("stream", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The original image.")
+@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The original image or video.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Decodes per layer count; decode ms is their median.")
-def eval_(stream, reference, as_json, repeats):
-    """Rate-distortion of every layer count: bytes, bpp, PSNR, MS-SSIM, decode ms."""
+              help="Image: decodes per layer count; decode ms is their median.")
+@click.option("--start", type=click.FloatRange(0), default=0.0,
+              help="Video: the reference's frames from this time (seconds), as given to encode.")
+def eval_(stream, reference, as_json, repeats, start):
+    """Rate-distortion of every layer count: bytes, bpp, PSNR, MS-SSIM, decode speed."""
+    from bitstream.layout import KIND_VIDEO
+
+    from .decoder import stream_kind
     from .evaluate import evaluate_stream
     from .media import check_input_file, read_image
 
     data = check_input_file(stream).read_bytes()
+    if stream_kind(data) == KIND_VIDEO:
+        _eval_video(stream, data, reference, as_json, start)
+        return
     ref = read_image(reference, notice=lambda m: click.echo(f"gsvc: note: {m}", err=True))
     result = evaluate_stream(data, ref, repeats=repeats, reference_name=f"--reference {reference}")
     if as_json:
@@ -197,3 +304,35 @@ def eval_(stream, reference, as_json, repeats):
         ms = "-" if row["ms_ssim"] is None else f"{row['ms_ssim']:.5f}"
         click.echo(f"{row['layers']:>6} {row['bytes']:>8} {row['bpp']:>7.4f} {row['psnr']:>8.2f} {ms:>8} "
                    f"{row['decode_ms']:>9.1f}")
+
+
+def _eval_video(stream, data: bytes, reference, as_json: bool, start: float) -> None:
+    from .decoder import stream_info
+    from .evaluate import evaluate_video
+    from .media import probe_video, read_video
+
+    info = stream_info(data)
+    ref = probe_video(reference)
+    if ref is None:
+        raise GsvcError(f"--reference {reference}: a still picture, but {stream} is a video")
+    size = (info["width"], info["height"])
+    if (ref.width, ref.height) != size:
+        _note(f"--reference {reference} is {ref.width}x{ref.height}: compared after resizing it to "
+              f"{size[0]}x{size[1]}, as encode --size does")
+
+    def frames():
+        return read_video(ref, start=start, max_frames=info["frames"], size=size)
+
+    result = evaluate_video(data, frames, reference_name=f"--reference {reference}")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{stream} vs {reference}: gsvc video, {result['width']}x{result['height']}, {result['frames']} frames "
+               f"at {result['fps']:.3f} fps, {len(result['layers'])} of {result['layers_encoded']} layers")
+    click.echo(f"{'layers':>6} {'bytes':>9} {'bpp':>7} {'kbit/s':>8} {'PSNR dB':>8} {'worst':>6} {'MS-SSIM':>8} "
+               f"{'dec. fps':>8}")
+    for row in result["layers"]:
+        ms = "-" if row["ms_ssim"] is None else f"{row['ms_ssim']:.5f}"
+        fps = "-" if row["decode_fps"] is None else f"{row['decode_fps']:.1f}"
+        click.echo(f"{row['layers']:>6} {row['bytes']:>9} {row['bpp']:>7.4f} {row['kbps']:>8.1f} {row['psnr']:>8.2f} "
+                   f"{row['worst_psnr']:>6.2f} {ms:>8} {fps:>8}")

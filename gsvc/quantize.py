@@ -1,8 +1,8 @@
 """Scalar quantization of Gaussian parameters and their mapping to symbol streams.
 
 Parameters are quantized as integers q = round(v / step) with one step per parameter
-(order of FORMAT.md: x, y, a, b, r, red, green, blue). Within a layer the Gaussians
-are sorted by (q_y, q_x); y is then coded as differences from the previous Gaussian.
+(order of FORMAT.md: x, y, a, b, r, red, green, blue). How the integers of a layer
+are ordered and turned into symbol streams is ``layer_codec``'s business.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .layer_codec import _from_intra_streams, _intra_streams, sort_intra
 from .model import GaussianLayer
 
 PARAMS = ("x", "y", "a", "b", "r", "red", "green", "blue")
@@ -52,12 +53,47 @@ def fake_quantize(layer: GaussianLayer, steps: tuple[float, ...]) -> GaussianLay
     return _from_columns(cols + (q - cols).detach())
 
 
-def quantize(layer: GaussianLayer, steps: tuple[float, ...]) -> np.ndarray:
-    """Integer parameters [N, 8] (int64), sorted by (q_y, q_x)."""
+def quantize_ints(layer: GaussianLayer, steps: tuple[float, ...]) -> np.ndarray:  # [N, 8] int64
+    """Integer parameters in the layer's own order."""
     cols = _as_columns(layer).detach().to("cpu", torch.float64).numpy()
-    q = np.rint(cols / np.asarray(steps, dtype=np.float64)).astype(np.int64)
-    order = np.lexsort((q[:, 0], q[:, 1]))  # primary key y, then x
-    return q[order]
+    return np.rint(cols / np.asarray(steps, dtype=np.float64)).astype(np.int64)
+
+
+def quantize(layer: GaussianLayer, steps: tuple[float, ...]) -> np.ndarray:
+    """Integer parameters [N, 8] (int64), sorted by (q_y, q_x) as an intra layer is coded."""
+    return sort_intra(quantize_ints(layer, steps))
+
+
+def _deadzone_round(d, deadzone: float, lib):
+    """Round to the nearest integer, except that |d| < 0.5 + deadzone goes to 0 (numpy or
+    torch; 0 <= deadzone < 0.5). Larger |d| round down by ``deadzone`` (to the zero side)."""
+    return lib.sign(d) * lib.floor(lib.abs(d) + (0.5 - deadzone))
+
+
+def quantize_residual(layer: GaussianLayer, base: np.ndarray, steps: tuple[float, ...], deadzone: float) -> np.ndarray:
+    """Integers [N, 8] for a predicted layer: base + deadzone-rounded (value / step - base).
+
+    ``base`` [N, 8] are the reference's integers of the same Gaussians; differences
+    smaller than 0.5 + ``deadzone`` steps are coded as "unchanged" (zero).
+    """
+    cols = _as_columns(layer).detach().to("cpu", torch.float64).numpy()
+    d = cols / np.asarray(steps, dtype=np.float64) - base
+    return base + _deadzone_round(d, deadzone, np).astype(np.int64)
+
+
+def fake_quantize_predicted(
+    layer: GaussianLayer, base: Tensor, steps: tuple[float, ...], deadzone: float
+) -> GaussianLayer:
+    """``fake_quantize`` for a P-frame layer: the first len(base) Gaussians are coded as
+    deadzone-rounded differences to ``base`` ([K, 8] integers as floats), the rest as
+    plain integers; straight-through gradient."""
+    cols = _as_columns(layer)
+    step = torch.tensor(steps, dtype=cols.dtype, device=cols.device)
+    scaled = cols / step
+    k = base.shape[0]
+    kept = base + _deadzone_round(scaled[:k] - base, deadzone, torch)
+    q = torch.cat([kept, torch.round(scaled[k:])], dim=0) * step
+    return _from_columns(cols + (q - cols).detach())
 
 
 def dequantize(q: np.ndarray, steps: tuple[float, ...]) -> GaussianLayer:
@@ -65,12 +101,6 @@ def dequantize(q: np.ndarray, steps: tuple[float, ...]) -> GaussianLayer:
     return _from_columns(cols.to(torch.float32))
 
 
-def to_streams(q: np.ndarray) -> list[np.ndarray]:
-    """Symbol streams of a sorted [N, 8] integer array: dy, x, a, b, r, red, green, blue."""
-    dy = np.diff(q[:, 1], prepend=0)
-    return [dy, q[:, 0]] + [q[:, j] for j in range(2, 8)]
-
-
-def from_streams(streams: list[np.ndarray]) -> np.ndarray:
-    dy, x, *rest = streams
-    return np.stack([x, np.cumsum(dy)] + rest, axis=1)
+#: symbol streams of a sorted [N, 8] integer array (dy, x, a, b, r, red, green, blue) and back
+to_streams = _intra_streams
+from_streams = _from_intra_streams

@@ -90,6 +90,72 @@ def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str) -> Te
     return render(g.means, g.chol, g.colors, h, w, backend=backend)
 
 
+def joint_loss(
+    present: list[GaussianLayer],
+    target: Tensor,  # [H, W, 3]
+    it: int,
+    settings: TrainSettings,
+    backend: str,
+    joint: bool = True,
+) -> tuple[Tensor, Tensor]:  # (loss, MSE of the full render)
+    """The P-GSVC objective of iteration ``it``: MSE(layers 1..L) + w * MSE(layers 1..k),
+    k = 1 + it mod (L - 1); both from one render, the sum being additive."""
+    h, w = target.shape[:2]
+    if joint and len(present) >= 2:
+        k = 1 + it % (len(present) - 1)
+        low = _render_sum(present[:k], h, w, backend)
+        full = low + _render_sum(present[k:], h, w, backend)
+        full_mse = clamped_mse(full, target)
+        part_mse = clamped_mse(low, target)
+        return full_mse + settings.intermediate_weight * part_mse, full_mse
+    full = _render_sum(present, h, w, backend)
+    full_mse = clamped_mse(full, target)
+    return full_mse, full_mse
+
+
+def refine(
+    target: Tensor,  # [H, W, 3] float in [0, 1]
+    start: list[GaussianLayer],
+    settings: TrainSettings,
+    iterations: int,
+    lr_scale: float = 1.0,
+    quantizer: Callable[[int, GaussianLayer], GaussianLayer] | None = None,
+    rate: Callable[[int, GaussianLayer], Tensor] | None = None,
+    rate_weight: float = 0.0,
+    backend: str = "torch",
+    progress: Progress | None = None,
+) -> list[GaussianLayer]:
+    """Train given layers jointly from where they are (video P-frames start from the
+    previous decoded frame). The loss is ``joint_loss`` plus ``rate_weight`` times the
+    sum of ``rate(l, layer)`` over layers (a rate proxy, bits); the last ``qat_share``
+    of iterations renders layer l through ``quantizer(l, layer)``."""
+    device = target.device
+    layers = [_leaf(l, device) for l in start]
+    groups = [g for layer in layers for g in _param_groups(layer, settings)]
+    for g in groups:
+        g["base_lr"] *= lr_scale
+        g["lr"] = g["base_lr"]
+    optimizer = torch.optim.Adam(groups, eps=1e-15, foreach=True)
+    qat_from = iterations - round(iterations * settings.qat_share)
+    for it in range(iterations):
+        decay = settings.lr_final_ratio ** (it / max(1, iterations - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * decay
+        if quantizer is not None and it >= qat_from:
+            present = [quantizer(l, layer) for l, layer in enumerate(layers)]
+        else:
+            present = layers
+        loss, full_mse = joint_loss(present, target, it, settings, backend)
+        if rate is not None and rate_weight > 0:
+            loss = loss + rate_weight * sum(rate(l, layer) for l, layer in enumerate(layers))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            progress(it + 1, iterations, psnr_from_mse(full_mse.item()))
+    return [l.detached() for l in layers]
+
+
 def fit(
     target: Tensor,  # [H, W, 3] float in [0, 1]
     counts: tuple[int, ...],
@@ -141,17 +207,7 @@ def fit(
                 present = [fake_quantize(l, steps) if l.means.requires_grad else l for l in layers]
             else:
                 present = layers
-            if not sequential and len(present) >= 2:
-                k = 1 + it % (len(present) - 1)
-                low = _render_sum(present[:k], h, w, backend)
-                full = low + _render_sum(present[k:], h, w, backend)
-                full_mse = clamped_mse(full, target)
-                part_mse = clamped_mse(low, target)
-                loss = full_mse + settings.intermediate_weight * part_mse
-            else:
-                full = _render_sum(present, h, w, backend)
-                full_mse = clamped_mse(full, target)
-                loss = full_mse
+            loss, full_mse = joint_loss(present, target, it, settings, backend, joint=not sequential)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -41,3 +41,41 @@ def encoded(crop):
     )
     return encode_image(crop, settings)
 
+
+
+def synthetic_clip(frames: int = 8, cut_at: int | None = 5, width: int = 64, height: int = 48) -> np.ndarray:
+    """Moving shapes on a smooth background, [T, H, W, 3] uint8; a scene cut at ``cut_at``
+    (different background, different shapes) when given."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    out = []
+    for t in range(frames):
+        second = cut_at is not None and t >= cut_at
+        if not second:
+            bg = np.stack([0.2 + 0.4 * xx / width, 0.3 + 0.3 * yy / height, 0.6 + 0 * xx], -1)
+            cx, cy = 16 + 1.0 * t, 20 + 0.5 * t
+            disc = ((xx - cx) ** 2 + (yy - cy) ** 2) < 64
+            img = np.where(disc[..., None], [0.9, 0.8, 0.1], bg)
+            box = (np.abs(xx - (48 - 0.75 * t)) < 5) & (np.abs(yy - 12) < 4)
+            img = np.where(box[..., None], [0.8, 0.1, 0.2], img)
+        else:
+            s = t - (cut_at or 0)
+            bg = np.stack([0.9 - 0.5 * yy / height, 0.2 + 0 * xx, 0.3 + 0.4 * xx / width], -1)
+            ring = np.abs(np.hypot(xx - 40 + 0.75 * s, yy - 26) - 9) < 2.5
+            img = np.where(ring[..., None], [0.1, 0.9, 0.9], bg)
+        out.append(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="session")
+def clip_file(tmp_path_factory) -> Path:
+    """The synthetic clip as a lossless FFV1 .mkv at 12 fps."""
+    from fractions import Fraction
+
+    from gsvc.media import video_output
+
+    path = tmp_path_factory.mktemp("clip") / "shapes.mkv"
+    frames = synthetic_clip()
+    with video_output(path, frames.shape[2], frames.shape[1], Fraction(12)) as write:
+        for f in frames:
+            write(f)
+    return path

@@ -31,8 +31,53 @@ def tiny_model() -> LayeredImage:
     return LayeredImage(16, 12, [base, detail])
 
 
+def tiny_video() -> bytes:
+    """3 frames of 16x12 pixels, 2 layers: an I-frame (the tiny model), a P-frame that
+    moves, recolours, drops and adds Gaussians, and a P-frame with no change at all."""
+    import io
+
+    import numpy as np
+
+    from bitstream import Header, LayerChunk
+    from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
+    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
+    from gsvc.encoder import code_intra_layers
+    from gsvc.layer_codec import encode_predicted
+
+    model = tiny_model()
+    out = io.BytesIO()
+    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO)
+    writer = VideoWriter(out, header, VideoHeader(0, 30000, 1001, 30))
+    chunks, reference = code_intra_layers(model, STEPS, geometric=True)
+    writer.write_frame(FRAME_I, chunks)
+    moves = [
+        # (keep mask, change of the kept ones, new Gaussians)
+        (np.array([1, 1, 1, 1, 0, 1], bool),
+         np.array([[16, 0, 0, 0, 0, 0, 0, 0], [0, -8, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0],
+                   [0, 0, 2, -1, 0, 5, -5, 0], [0, 0, 0, 0, 0, 0, 0, 0]]),
+         np.array([[136, 152, 38, 38, 0, 64, 64, 64]])),
+        (np.ones(3, bool), np.zeros((3, 8), int), np.zeros((0, 8), int)),
+    ]
+    for t in (1, 2):
+        chunks, decoded = [], []
+        for l, ref in enumerate(reference, start=1):
+            if t == 1 and l == 1:
+                keep, change, new = moves[0]
+            else:
+                keep, change, new = np.ones(len(ref), bool), np.zeros((len(ref), 8), int), np.zeros((0, 8), int)
+            payload, q = encode_predicted(ref, keep, ref[keep] + change, new)
+            chunks.append(LayerChunk(l, q.shape[0], payload, frame=t, reference=REF_PREVIOUS))
+            decoded.append(q)
+        writer.write_frame(FRAME_P, chunks)
+        reference = decoded
+    writer.finish()
+    return out.getvalue()
+
+
 if __name__ == "__main__":
-    from gsvc.codec import decode_image, encode_model
+    import numpy as np
+
+    from gsvc.codec import decode_image, decode_video, encode_model
     from gsvc.media import write_image
 
     DATA.mkdir(exist_ok=True)
@@ -40,3 +85,7 @@ if __name__ == "__main__":
     (DATA / "tiny.gsv").write_bytes(data)
     write_image(DATA / "tiny.png", decode_image(data, backend="torch"))
     print(f"wrote {DATA / 'tiny.gsv'} ({len(data)} bytes) and tiny.png")
+    video = tiny_video()
+    (DATA / "tiny_video.gsv").write_bytes(video)
+    write_image(DATA / "tiny_video.png", np.concatenate(decode_video(video, backend="torch"), axis=0))
+    print(f"wrote {DATA / 'tiny_video.gsv'} ({len(video)} bytes) and tiny_video.png (frames stacked)")

@@ -1,0 +1,127 @@
+"""Encoding of layered images: fit, quantize and entropy-code into a .gsv stream.
+
+``encode_image(rgb, settings) -> EncodeResult``; sizes and bpp always come from the
+bytes written. Video encoding (``video_encoder``) builds on the same pieces.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bitstream import Header, LayerChunk
+from bitstream.layout import write_stream
+
+from .device import resolve_device
+from .errors import GsvcError
+from .layer_codec import encode_intra
+from .model import LayeredImage
+from .quantize import QuantSettings, dequantize, quantize_ints
+from .render import default_backend
+from .train import Progress, TrainSettings, fit
+
+#: Gaussians per layer for a 768x512 image (the P-GSVC Kodak setting); scaled by area.
+REFERENCE_COUNTS = (5000, 2000, 2000)
+REFERENCE_AREA = 768 * 512
+
+#: Iteration totals of the presets.
+PRESETS = {"fast": 600, "medium": 3000, "slow": 8000}
+DEFAULT_PRESET = "medium"
+
+
+def default_counts(width: int, height: int, layers: int = 3) -> tuple[int, ...]:
+    """Gaussians per layer scaled with image area: 5000,2000,2000 at 768x512.
+
+    For other layer counts the base keeps 5/9 of the total and the rest is split evenly.
+    """
+    total = sum(REFERENCE_COUNTS) * width * height / REFERENCE_AREA
+    if layers == 3:
+        shares = [c / sum(REFERENCE_COUNTS) for c in REFERENCE_COUNTS]
+    elif layers == 1:
+        shares = [1.0]
+    else:
+        shares = [5 / 9] + [4 / 9 / (layers - 1)] * (layers - 1)
+    rest = [max(4, round(total * s)) for s in shares[1:]]
+    return (max(8, round(total) - sum(rest)),) + tuple(rest)
+
+
+@dataclass
+class EncodeSettings:
+    """Everything ``encode_image`` needs beyond the picture."""
+
+    #: Gaussians per layer; None scales REFERENCE_COUNTS with the image area
+    gaussians: tuple[int, ...] | None = None
+    train: TrainSettings = field(default_factory=TrainSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    #: "auto", "cpu" or "cuda"
+    device: str = "auto"
+    #: render backend; None picks the fastest for the device
+    backend: str | None = None
+
+    def counts_for(self, width: int, height: int) -> tuple[int, ...]:
+        counts = tuple(self.gaussians) if self.gaussians else default_counts(width, height)
+        if not counts or min(counts) < 1:
+            raise GsvcError("every layer needs at least one Gaussian")
+        if len(counts) > 255:
+            raise GsvcError("at most 255 layers")
+        return counts
+
+    def device_and_backend(self) -> tuple[torch.device, str]:
+        device = resolve_device(self.device)
+        return device, self.backend or default_backend(device)
+
+
+@dataclass
+class EncodeResult:
+    data: bytes  # the complete .gsv stream
+    model: LayeredImage  # the trained, unquantized model
+    sizes: list[int]  # [header bytes, layer 1 bytes, ...]
+
+
+def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:  # [H, W, 3] float32
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8, (rgb.shape, rgb.dtype)
+    return torch.from_numpy(rgb.astype(np.float32) / 255.0).to(device)
+
+
+def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
+    """Fit layered Gaussians to ``rgb`` ([H, W, 3] uint8): the unquantized model."""
+    h, w = rgb.shape[:2]
+    counts = settings.counts_for(w, h)
+    device, backend = settings.device_and_backend()
+    torch.manual_seed(settings.train.seed)
+    return fit(to_tensor(rgb, device), counts, settings.train, settings.quant.steps(), backend, progress)
+
+
+def encode_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> EncodeResult:
+    """Fit, quantize and entropy-code ``rgb`` ([H, W, 3] uint8) into a .gsv stream."""
+    model = fit_image(rgb, settings, progress)
+    data, sizes = encode_model(model, settings.quant.steps())
+    return EncodeResult(data, model, sizes)
+
+
+def code_intra_layers(
+    model: LayeredImage, steps: tuple[float, ...], geometric: bool = False
+) -> tuple[list[LayerChunk], list[np.ndarray]]:
+    """Each layer as an intra chunk, and the decoder's integers of each ([N_l, 8])."""
+    chunks, decoded = [], []
+    for index, layer in enumerate(model.layers, start=1):
+        payload, q = encode_intra(quantize_ints(layer, steps), geometric=geometric)
+        chunks.append(LayerChunk(layer=index, count=len(layer), data=payload))
+        decoded.append(q)
+    return chunks, decoded
+
+
+def encode_model(model: LayeredImage, steps: tuple[float, ...]) -> tuple[bytes, list[int]]:
+    """Quantize and entropy-code a model; returns the stream and [header, layer...] bytes."""
+    header = Header(width=model.width, height=model.height, counts=model.counts, steps=steps)
+    chunks, _ = code_intra_layers(model, steps)
+    out = io.BytesIO()
+    sizes = write_stream(out, header, chunks)
+    return out.getvalue(), sizes
+
+
+def decoded_model(q_layers: list[np.ndarray], steps: tuple[float, ...], width: int, height: int) -> LayeredImage:
+    """The decoder's model from integer layers."""
+    return LayeredImage(width, height, [dequantize(q, steps) for q in q_layers])

@@ -1,0 +1,256 @@
+"""Video encoding: layered Gaussian frames in I/P groups (P-GSVC layers, GSVC's temporal coding).
+
+* **I-frames** are fitted from scratch, exactly as an image (``encoder.fit_image``).
+* **P-frames** start from the previous frame's *decoded* Gaussians, layer by layer,
+  train jointly for ``CodingStructure.p_share`` of the I-frame iterations at a lower
+  learning rate with a rate term that pulls every parameter towards its reference
+  value, and code per layer the deadzone-quantized differences to the reference
+  (``layer_codec.encode_predicted``): unchanged Gaussians code as zeros, which the
+  geometric entropy model makes nearly free. Gaussians that stopped mattering (no
+  visible colour, or off the picture) are dropped, up to ``refresh_share`` of a
+  layer, and as many new ones are placed where the reference misses the new frame.
+* **Drift-free layers:** layer l of a P-frame is predicted only from layer l of the
+  previous decoded frame, so a k-layer decoder needs layers 1..k of every frame and
+  sees exactly what the encoder saw for k layers.
+* **Scene cuts:** a frame whose reference renders it below ``cut_psnr`` dB, or whose
+  P-frame falls more than ``cut_drop_db`` below the GOP's I-frame, is coded as an
+  I-frame instead (no smeared P-frame survives).
+
+Frames stream in and out: the encoder holds the current frame and the previous
+frame's integer layers, never the whole video.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bitstream import Header, LayerChunk
+from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
+from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
+
+from .decoder import render_layers
+from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
+from .errors import GsvcError
+from .init import init_enhancement_layer
+from .layer_codec import encode_predicted
+from .metrics import psnr
+from .model import GaussianLayer, concat
+from .quantize import dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
+from .render import render
+from .train import refine
+
+
+@dataclass
+class CodingStructure:
+    """How frames are coded in time (after Cool-chic's ``CodingStructure``)."""
+
+    #: an I-frame at least every ``gop`` frames (1: every frame is an I-frame)
+    gop: int = 30
+    #: P-frame training iterations as a share of the I-frame iterations
+    p_share: float = 0.15
+    #: P-frame learning rates as a share of the I-frame ones
+    p_lr_scale: float = 0.5
+    #: rate term of P-frames: MSE x pixels per bit (the RD slope they trade at)
+    rate_lambda: float = 1e-4
+    #: differences below 0.5 + deadzone quantizer steps code as "unchanged"
+    deadzone: float = 0.2
+    #: a reference rendering the new frame below this PSNR (dB) marks a scene cut
+    cut_psnr: float = 18.0
+    #: a P-frame this far (dB) below its GOP's I-frame is re-coded as an I-frame
+    cut_drop_db: float = 3.0
+    #: at most this share of a layer's Gaussians is replaced in one P-frame
+    refresh_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.gop < 1:
+            raise GsvcError(f"--gop must be at least 1 (got {self.gop})")
+        if not 0.0 <= self.deadzone < 0.5:
+            raise GsvcError("the deadzone must lie in [0, 0.5)")
+
+
+@dataclass
+class FrameReport:
+    """What the encoder did with one frame (for progress output and benchmarks)."""
+
+    index: int
+    type: str  # "I" or "P"
+    psnr: float  # decoded frame, all layers, against the source
+    seconds: float
+    bytes: list[int]  # per layer, the FRAM chunk counted in layer 1
+    cut: bool = False  # an I-frame forced by a scene cut
+
+
+@dataclass
+class VideoSummary:
+    frames: int
+    reports: list[FrameReport] = field(default_factory=list)
+
+
+FrameCallback = Callable[[FrameReport], None]
+
+
+def _rate_bits(base: Tensor, steps: Tensor) -> Callable[[GaussianLayer], Tensor]:
+    """Rate proxy of a predicted layer's kept Gaussians: ~2 bits per step of change."""
+
+    def bits(layer: GaussianLayer) -> Tensor:
+        cols = torch.cat(layer.tensors(), dim=1)[: base.shape[0]]
+        return 2.0 * (cols / steps - base).abs().sum()
+
+    return bits
+
+
+def _keep_mask(layer: GaussianLayer, width: int, height: int, color_step: float, share: float) -> np.ndarray:
+    """Reference Gaussians to keep: drop those with no visible colour or off the picture
+    (weakest first, at most ``share`` of the layer)."""
+    peak = layer.colors.abs().amax(dim=1).numpy()
+    x, y = layer.means[:, 0].numpy(), layer.means[:, 1].numpy()
+    off = (x < -2) | (y < -2) | (x > width + 2) | (y > height + 2)
+    weak = off | (peak < 2 * color_step)
+    keep = np.ones(len(layer), dtype=bool)
+    budget = int(share * len(layer))
+    if budget and weak.any():
+        candidates = np.nonzero(weak)[0]
+        order = candidates[np.argsort(np.where(off[candidates], -1.0, peak[candidates]), kind="stable")]
+        keep[order[:budget]] = False
+    return keep
+
+
+class _Encoder:
+    def __init__(self, settings: EncodeSettings, structure: CodingStructure, width: int, height: int):
+        self.settings = settings
+        self.structure = structure
+        self.width, self.height = width, height
+        self.steps = settings.quant.steps()
+        self.counts = settings.counts_for(width, height)
+        self.device, self.backend = settings.device_and_backend()
+        self.generator = torch.Generator().manual_seed(settings.train.seed)
+        self.reference: list[np.ndarray] | None = None  # decoder's integer layers of the last frame
+        self.gop_psnr = 0.0  # the current GOP's I-frame PSNR
+        self.since_i = 0
+
+    def _render(self, q_layers: list[np.ndarray]) -> np.ndarray:
+        layers = [dequantize(q, self.steps) for q in q_layers]
+        return render_layers(layers, self.width, self.height, 1.0, self.device, self.backend)
+
+    def intra(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
+        model = fit_image(rgb, self.settings)
+        return code_intra_layers(model, self.steps, geometric=True)
+
+    def predicted(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
+        s = self.structure
+        assert self.reference is not None
+        target = to_tensor(rgb, self.device)
+        cpu_target = target.to("cpu")
+        ref_layers = [dequantize(q, self.steps) for q in self.reference]
+        starts, keeps, bases = [], [], []
+        for l, (q, layer) in enumerate(zip(self.reference, ref_layers)):
+            keep = _keep_mask(layer, self.width, self.height, self.steps[5], s.refresh_share)
+            kept = GaussianLayer(*(t[torch.from_numpy(keep)] for t in layer.tensors()))
+            n_new = int((~keep).sum())
+            parts = [kept]
+            if n_new:
+                below = concat(starts + [kept])
+                with torch.no_grad():
+                    current = render(below.means, below.chol, below.colors, self.height, self.width,
+                                     backend=self.backend).clamp(0, 1).to("cpu")
+                init_backend = self.backend if self.device.type == "cpu" else "torch"
+                parts.append(init_enhancement_layer(cpu_target, current, n_new, self.generator, init_backend))
+            starts.append(concat(parts))
+            keeps.append(keep)
+            bases.append(torch.from_numpy(q[keep].astype(np.float32)).to(self.device))
+        step_t = torch.tensor(self.steps, dtype=torch.float32, device=self.device)
+        rates = [_rate_bits(b, step_t) for b in bases]
+        iterations = max(1, round(self.settings.train.iterations * s.p_share))
+        trained = refine(
+            target,
+            [l.to(self.device) for l in starts],
+            self.settings.train,
+            iterations,
+            lr_scale=s.p_lr_scale,
+            quantizer=lambda l, layer: fake_quantize_predicted(layer, bases[l], self.steps, s.deadzone),
+            rate=lambda l, layer: rates[l](layer),
+            rate_weight=s.rate_lambda / (self.width * self.height),
+            backend=self.backend,
+        )
+        chunks, decoded = [], []
+        for l, (layer, keep, q_ref) in enumerate(zip(trained, keeps, self.reference), start=1):
+            layer = layer.to("cpu")
+            k = int(keep.sum())
+            head = GaussianLayer(*(t[:k] for t in layer.tensors()))
+            tail = GaussianLayer(*(t[k:] for t in layer.tensors()))
+            kept_q = quantize_residual(head, q_ref[keep], self.steps, s.deadzone)
+            payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps))
+            # where motion is wild, coding every Gaussian afresh (keep none) can be cheaper
+            fresh = encode_predicted(q_ref, np.zeros(len(q_ref), bool), np.zeros((0, 8), np.int64),
+                                     quantize_ints(layer, self.steps))
+            if len(fresh[0]) < len(payload):
+                payload, q = fresh
+            chunks.append(LayerChunk(layer=l, count=q.shape[0], data=payload, reference=REF_PREVIOUS))
+            decoded.append(q)
+        return chunks, decoded
+
+    def frame(self, index: int, rgb: np.ndarray) -> tuple[int, list[LayerChunk], FrameReport]:
+        start = time.perf_counter()
+        s = self.structure
+        cut = False
+        chunks = decoded = None
+        ftype = FRAME_I
+        if self.reference is not None and self.since_i < s.gop:
+            if psnr(self._render(self.reference), rgb) < s.cut_psnr:
+                cut = True
+            else:
+                chunks, decoded = self.predicted(rgb)
+                value = psnr(self._render(decoded), rgb)
+                if value < self.gop_psnr - s.cut_drop_db:
+                    cut, chunks, decoded = True, None, None
+                else:
+                    ftype = FRAME_P
+        if chunks is None:
+            chunks, decoded = self.intra(rgb)
+            self.since_i = 0
+        value = psnr(self._render(decoded), rgb)
+        if ftype == FRAME_I:
+            self.gop_psnr = value
+        self.since_i += 1
+        self.reference = decoded
+        chunks = [LayerChunk(c.layer, c.count, c.data, frame=index, reference=c.reference) for c in chunks]
+        report = FrameReport(index, "I" if ftype == FRAME_I else "P", value, time.perf_counter() - start, [], cut)
+        return ftype, chunks, report
+
+
+def encode_video(
+    frames: Iterable[np.ndarray],  # each [H, W, 3] uint8, all of one size
+    out: BinaryIO,  # seekable: the frame count is patched at the end
+    width: int,
+    height: int,
+    fps: Fraction,
+    settings: EncodeSettings,
+    structure: CodingStructure | None = None,
+    on_frame: FrameCallback | None = None,
+) -> VideoSummary:
+    """Encode frames one by one into ``out`` as a video stream (FORMAT.md, section 7)."""
+    structure = structure or CodingStructure()
+    encoder = _Encoder(settings, structure, width, height)
+    fps = Fraction(fps).limit_denominator(1 << 20)
+    header = Header(width=width, height=height, counts=encoder.counts, steps=encoder.steps, kind=KIND_VIDEO)
+    writer = VideoWriter(out, header, VideoHeader(0, fps.numerator, fps.denominator, structure.gop))
+    summary = VideoSummary(0)
+    for index, rgb in enumerate(frames):
+        if rgb.shape != (height, width, 3):
+            raise GsvcError(f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
+        ftype, chunks, report = encoder.frame(index, rgb)
+        report.bytes = writer.write_frame(ftype, chunks)
+        summary.reports.append(report)
+        summary.frames += 1
+        if on_frame is not None:
+            on_frame(report)
+    if summary.frames == 0:
+        raise GsvcError("no frames to encode")
+    writer.finish()
+    return summary

@@ -1,0 +1,312 @@
+"""Video streams: I/P frames, layers, the stream order, the CLI, a golden stream."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bitstream import StreamError, iter_chunks
+from bitstream.layout import LayerChunk
+from gsvc.cli import main
+from gsvc.decoder import decode_video, open_video, render_layers, stream_info
+from gsvc.encoder import EncodeSettings
+from gsvc.errors import GsvcError
+from gsvc.media import read_image, read_video_frames, video_output
+from gsvc.metrics import psnr
+from gsvc.quantize import dequantize
+from gsvc.train import TrainSettings
+from gsvc.video_encoder import CodingStructure, encode_video
+
+from conftest import synthetic_clip
+from golden import DATA, tiny_video
+
+SETTINGS = EncodeSettings(gaussians=(40, 20, 20), train=TrainSettings(iterations=240, seed=0), device="cpu")
+#: P-frames train 30% of the I-frame iterations here: the tiny clip moves fast
+STRUCTURE = CodingStructure(gop=30, p_share=0.3)
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return synthetic_clip()
+
+
+@pytest.fixture(scope="module")
+def encoded(clip):
+    out = io.BytesIO()
+    summary = encode_video(iter(clip), out, clip.shape[2], clip.shape[1], Fraction(12), SETTINGS, STRUCTURE)
+    return out.getvalue(), summary
+
+
+def test_round_trip_at_every_layer(encoded, clip):
+    data, _ = encoded
+    means = []
+    for k in (1, 2, 3):
+        frames = decode_video(data, layers=k)
+        assert len(frames) == len(clip)
+        assert all(f.shape == clip[0].shape and f.dtype == np.uint8 for f in frames)
+        means.append(np.mean([psnr(a, b) for a, b in zip(frames, clip)]))
+    assert means[0] > 22.0, means
+    assert means[0] < means[1] < means[2], means
+
+
+def test_frame_types_cut_and_sizes(encoded):
+    data, summary = encoded
+    info = stream_info(data)
+    types = [f["type"] for f in info["frame_list"]]
+    assert types[0] == "I"
+    assert types[5] == "I", types  # the scene cut
+    assert summary.reports[5].cut
+    p = [sum(f["bytes"]) for f in info["frame_list"] if f["type"] == "P"]
+    i = [sum(f["bytes"]) for f in info["frame_list"] if f["type"] == "I"]
+    assert len(p) >= 4, types
+    assert np.mean(p) < np.mean(i), (p, i)
+
+
+def test_encoder_view_is_the_decoders(encoded, clip):
+    """The PSNR the encoder reported is that of the decoded frames (the reference is the
+    decoded frame, no drift); and k layers decoded alone equal layers 1..k of the full
+    decode (layer l is predicted only from layer l)."""
+    data, summary = encoded
+    full = decode_video(data)
+    for report, frame, source in zip(summary.reports, full, clip):
+        assert report.psnr == pytest.approx(psnr(frame, source), abs=1e-9)
+    with open_video(data) as reader:
+        steps = reader.stream.header.steps
+        layered = [q for _, q in reader.models()]
+    for k in (1, 2):
+        alone = decode_video(data, layers=k)
+        for q, frame in zip(layered, alone):
+            np.testing.assert_array_equal(
+                render_layers([dequantize(x, steps) for x in q[:k]], 64, 48, 1.0, __import__("torch").device("cpu"),
+                              "numba"), frame)
+
+
+def _layer_ranges(data: bytes) -> dict[int, list[tuple[int, int]]]:
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for chunk in iter_chunks(io.BytesIO(data[10:]), 10):
+        if chunk.type == b"LAYR":
+            layer = LayerChunk.unpack(chunk.payload).layer
+            ranges.setdefault(layer, []).append((chunk.offset, chunk.offset + chunk.size))
+    return ranges
+
+
+def test_decoding_k_layers_reads_no_byte_of_higher_layers(encoded):
+    data, _ = encoded
+
+    class Recording(io.BytesIO):
+        def __init__(self, b):
+            super().__init__(b)
+            self.reads: list[tuple[int, int]] = []
+
+        def read(self, n=-1):
+            start = self.tell()
+            out = super().read(n)
+            self.reads.append((start, start + len(out)))
+            return out
+
+    ranges = _layer_ranges(data)
+    assert sorted(ranges) == [1, 2, 3] and len(ranges[1]) == 8
+    for k in (1, 2):
+        src = Recording(data)
+        with open_video(src, layers=k) as reader:
+            frames = list(reader.frames())
+        assert len(frames) == 8
+        skipped = [r for layer in range(k + 1, 4) for r in ranges[layer]]
+        for a, b in src.reads:
+            for lo, hi in skipped:
+                assert b <= lo or a >= hi, ((a, b), (lo, hi))
+        covered = np.zeros(len(data), bool)
+        for a, b in src.reads:
+            covered[a:b] = True
+        assert covered.sum() == stream_info(data)["layers"][k - 1]["cumulative_bytes"]
+
+
+def test_info_json_keys(encoded):
+    data, _ = encoded
+    info = stream_info(data)
+    assert json.loads(json.dumps(info)) == info
+    for key in ("format_version", "kind", "width", "height", "layers", "layers_encoded", "total_bytes", "bpp",
+                "coder", "quantizer_steps", "frames", "fps", "gop", "frame_list"):
+        assert key in info, key
+    assert info["kind"] == "video" and (info["width"], info["height"]) == (64, 48)
+    assert info["frames"] == 8 and info["fps"] == 12.0 and info["gop"] == 30
+    assert info["total_bytes"] == len(data)
+    assert [f["index"] for f in info["frame_list"]] == list(range(8))
+    for key in ("index", "type", "bytes"):
+        assert all(key in f for f in info["frame_list"])
+    per_layer = np.sum([f["bytes"] for f in info["frame_list"]], axis=0)
+    assert [l["bytes"] for l in info["layers"]] == per_layer.tolist()
+    assert info["header_bytes"] + sum(per_layer) == len(data)
+
+
+def test_same_input_gives_identical_bytes(clip):
+    settings = EncodeSettings(gaussians=(10, 5), train=TrainSettings(iterations=30, seed=1), device="cpu")
+    a, b = io.BytesIO(), io.BytesIO()
+    encode_video(iter(clip[:3]), a, 64, 48, Fraction(12), settings, STRUCTURE)
+    encode_video(iter(clip[:3]), b, 64, 48, Fraction(12), settings, STRUCTURE)
+    assert a.getvalue() == b.getvalue()
+
+
+def test_gop_1_is_all_intra(clip):
+    settings = EncodeSettings(gaussians=(10, 5), train=TrainSettings(iterations=20), device="cpu")
+    out = io.BytesIO()
+    encode_video(iter(clip[:3]), out, 64, 48, Fraction(12), settings, CodingStructure(gop=1))
+    assert [f["type"] for f in stream_info(out.getvalue())["frame_list"]] == ["I", "I", "I"]
+
+
+def test_corruption_and_truncation_are_caught(encoded):
+    data, _ = encoded
+    rng = np.random.default_rng(1)
+    for i in sorted(set(rng.integers(0, len(data), 120).tolist())):
+        bad = bytearray(data)
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises((StreamError, GsvcError)):
+            decode_video(bytes(bad))
+    for n in sorted(set(rng.integers(12, len(data) - 1, 40).tolist())):
+        with pytest.raises((StreamError, GsvcError)):
+            decode_video(data[:n])
+
+
+# --- golden -----------------------------------------------------------------------
+
+def test_golden_video_bytes_and_pixels():
+    golden = (DATA / "tiny_video.gsv").read_bytes()
+    assert tiny_video() == golden
+    assert golden[10:22] == struct.pack(">I", 52) + b"GHDR" + b"\x01\x00\x00\x00"  # kind 1, width 16
+    info = stream_info(golden)
+    assert [f["type"] for f in info["frame_list"]] == ["I", "P", "P"]
+    assert info["fps"] == pytest.approx(30000 / 1001)
+    expected = read_image(DATA / "tiny_video.png")
+    got = np.concatenate(decode_video(golden, backend="torch"), axis=0)
+    np.testing.assert_array_equal(got, expected)
+    with open_video(golden) as reader:
+        counts = [[len(q) for q in layers] for _, layers in reader.models()]
+    assert counts == [[6, 3], [6, 3], [6, 3]]  # one dropped and one added in frame 1
+
+
+# --- command line -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_stream(tmp_path_factory, clip_file):
+    d = tmp_path_factory.mktemp("vcli")
+    code, out, err = run("encode", clip_file, "-o", d / "clip.gsv", "--gaussians", "30,15", "--iterations", "120",
+                         "--device", "cpu")
+    assert code == 0, err
+    assert "8 frames" in err
+    return d
+
+
+def test_cli_decode_formats_keep_frames_and_rate(cli_stream):
+    d = cli_stream
+    exact = decode_video(d / "clip.gsv")
+    code, _, err = run("decode", d / "clip.gsv", "-o", d / "out.mkv")
+    assert code == 0, err
+    frames, fps = read_video_frames(d / "out.mkv")
+    assert fps == 12 and len(frames) == 8
+    for a, b in zip(frames, exact):
+        np.testing.assert_array_equal(a, b)  # FFV1 is lossless
+    code, _, err = run("decode", d / "clip.gsv", "--layers", "1", "-o", d / "l1.mp4")
+    assert code == 0, err
+    frames, fps = read_video_frames(d / "l1.mp4")
+    assert fps == 12 and len(frames) == 8
+    l1 = decode_video(d / "clip.gsv", layers=1)
+    # H.264 at high quality: within 1 dB of what 4:2:0 chroma alone costs these frames
+    import av
+
+    def yuv420(rgb):
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        return f.reformat(format="rgb24").to_ndarray()
+
+    ideal = np.mean([psnr(yuv420(b), b) for b in l1])
+    assert np.mean([psnr(a, b) for a, b in zip(frames, l1)]) > ideal - 1.0
+    (d / "frames").mkdir()
+    code, _, err = run("decode", d / "clip.gsv", "--layers", "1", "-o", d / "frames" / "f_%04d.png")
+    assert code == 0, err
+    names = sorted(p.name for p in (d / "frames").iterdir())
+    assert names == [f"f_{i:04d}.png" for i in range(1, 9)]
+    np.testing.assert_array_equal(read_image(d / "frames" / "f_0003.png"), l1[2])
+
+
+def test_cli_info_and_eval(cli_stream, clip_file):
+    d = cli_stream
+    code, out, _ = run("info", d / "clip.gsv")
+    assert code == 0 and "8 frames" in out and "video" in out
+    code, out, _ = run("info", d / "clip.gsv", "--json")
+    info = json.loads(out)
+    assert info["kind"] == "video" and len(info["frame_list"]) == 8
+    code, out, err = run("eval", d / "clip.gsv", "--reference", clip_file, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["layers"] for r in result["layers"]] == [1, 2]
+    exact = decode_video(d / "clip.gsv", layers=2)
+    expected = np.mean([psnr(a, b) for a, b in zip(exact, synthetic_clip())])
+    assert result["layers"][1]["psnr"] == pytest.approx(expected, abs=1e-9)
+    assert result["layers"][1]["worst_psnr"] <= expected
+    assert result["layers"][-1]["bytes"] == (d / "clip.gsv").stat().st_size
+
+
+def test_cli_video_errors(cli_stream):
+    d = cli_stream
+    code, _, err = run("decode", d / "clip.gsv", "-o", d / "x.png")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "pattern" in err
+    assert not (d / "x.png").exists()
+    code, _, err = run("decode", d / "clip.gsv", "--layers", "3", "-o", d / "x.mkv")
+    assert code == 1 and "cannot decode 3" in err and not (d / "x.mkv").exists()
+    bad = bytearray((d / "clip.gsv").read_bytes())
+    bad[len(bad) // 2] ^= 0x10
+    (d / "bad.gsv").write_bytes(bytes(bad))
+    code, _, err = run("decode", d / "bad.gsv", "-o", d / "bad.mkv")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (d / "bad.mkv").exists()
+
+
+def test_still_image_stays_an_image(tmp_path, crop):
+    from gsvc.media import write_image
+
+    write_image(tmp_path / "a.png", crop)
+    code, _, err = run("encode", tmp_path / "a.png", "-o", tmp_path / "a.gsv", "--gaussians", "10,5",
+                       "--iterations", "10", "-q")
+    assert code == 0, err
+    assert stream_info(tmp_path / "a.gsv")["kind"] == "image"
+
+
+def test_real_clip_tree(shared_data, tmp_path):
+    src = shared_data / "video" / "tree.avi"
+    if not src.exists():
+        pytest.skip("tree.avi is absent")
+    code, _, err = run("encode", src, "-o", tmp_path / "t.gsv", "--size", "80x60", "--frames", "4",
+                       "--gaussians", "60,30", "--iterations", "150", "--device", "cpu")
+    assert code == 0, err
+    info = stream_info(tmp_path / "t.gsv")
+    assert info["frames"] == 4 and (info["width"], info["height"]) == (80, 60)
+    assert info["fps"] == pytest.approx(1000000 / 66667)
+    types = [f["type"] for f in info["frame_list"]]
+    assert types[0] == "I" and "P" in types, types
+    p = [sum(f["bytes"]) for f in info["frame_list"] if f["type"] == "P"]
+    assert max(p) < sum(info["frame_list"][0]["bytes"])
+    code, out, err = run("eval", tmp_path / "t.gsv", "--reference", src, "--json")
+    assert code == 0, err
+    rows = json.loads(out)["layers"]
+    assert rows[0]["psnr"] < rows[1]["psnr"] and rows[0]["psnr"] > 20
+
+
+def test_audio_is_noted(shared_data, tmp_path):
+    src = shared_data / "video" / "Megamind.avi"
+    if not src.exists():
+        pytest.skip("Megamind.avi is absent")
+    code, _, err = run("encode", src, "-o", tmp_path / "m.gsv", "--size", "48x0", "--frames", "2", "--start", "1",
+                       "--gaussians", "12,6", "--iterations", "10", "-q")
+    assert code == 0, err
+    assert "audio" in err and len([l for l in err.splitlines() if "audio" in l]) == 1
+    info = stream_info(tmp_path / "m.gsv")
+    assert info["frames"] == 2 and info["width"] == 48 and info["height"] == 35
