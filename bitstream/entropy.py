@@ -8,9 +8,10 @@ defaults of the installed library: ``constriction.stream.queue.RangeEncoder`` wi
   alphabet, counts written into the stream;
 * uniform: ``Uniform(size)``;
 * constant: a single-letter alphabet, no symbols coded;
-* geometric (video streams): ``Categorical`` over the alphabet with probabilities
-  proportional to theta^|value|, theta a stored 16-bit fraction: no table to send,
-  and it fits residuals that concentrate at zero.
+* geometric (video streams): ``Categorical`` over the alphabet with a stored mass pi
+  at the value nearest 0 and the rest shared in proportion to theta^|distance|
+  (pi, theta: 16-bit fractions): no table to send, and it fits residuals that are
+  mostly exactly zero with a wide spread around the others.
 
 Streams are coded one after another into a single word sequence.
 """
@@ -77,20 +78,24 @@ def _geometric_distances(values: np.ndarray, min_symbol: int, size: int) -> np.n
     return np.abs(values - centre)
 
 
-def geometric_probabilities(min_symbol: int, size: int, theta_code: int) -> np.ndarray:
-    """p(v) proportional to theta^|v - c| over v in [min_symbol, min_symbol + size), float64,
-    c the alphabet's value nearest to 0.
+def geometric_probabilities(min_symbol: int, size: int, theta_code: int, centre_code: int) -> np.ndarray:
+    """The geometric model's probabilities over [min_symbol, min_symbol + size), float64.
 
-    Powers are built by repeated multiplication (np.multiply.accumulate runs in
-    order), so every platform computes the same numbers (FORMAT.md, section 4).
+    c is the alphabet's value nearest to 0; p(c) = pi = centre_code / 2^16, and the
+    other values share 1 - pi in proportion to theta^|v - c|, theta = theta_code / 2^16.
+    Powers are built by repeated multiplication (np.multiply.accumulate runs in order),
+    so every platform computes the same numbers (FORMAT.md, section 4).
     """
     theta = theta_code / GEOMETRIC_ONE
     values = np.arange(min_symbol, min_symbol + size, dtype=np.int64)
     mags = _geometric_distances(values, min_symbol, size)
     top = int(mags.max())
     powers = np.multiply.accumulate(np.concatenate([[1.0], np.full(top, theta)]))  # theta^0..theta^top
-    probs = powers[mags]
-    return probs / probs.sum()
+    tail = powers[mags]
+    tail[mags == 0] = 0.0
+    probs = tail * ((1.0 - centre_code / GEOMETRIC_ONE) / tail.sum())
+    probs[mags == 0] = centre_code / GEOMETRIC_ONE
+    return probs
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class _Model:
     size: int
     counts: np.ndarray | None  # [size] for categorical
     theta_code: int = 0  # geometric only
+    centre_code: int = 0  # geometric only
 
     def constriction(self):
         import constriction  # local: keeps `import bitstream` light
@@ -110,25 +116,30 @@ class _Model:
             probs = self.counts.astype(np.float64)
             return model.Categorical(probs / probs.sum(), perfect=False)
         if self.kind == MODEL_GEOMETRIC:
-            probs = geometric_probabilities(self.min_symbol, self.size, self.theta_code)
+            probs = geometric_probabilities(self.min_symbol, self.size, self.theta_code, self.centre_code)
             return model.Categorical(probs, perfect=False)
         return model.Uniform(self.size)
 
 
-def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int]:
-    """(estimated bits, theta code) of the cheapest geometric model for ``symbols``."""
+def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int, int]:
+    """(estimated bits, theta code, centre code) of the cheapest geometric model."""
     hist = np.bincount(_geometric_distances(symbols, lo, size))  # occurrences of each |v - c|
+    n, n0 = symbols.size, int(hist[0])
+    centre_code = int(min(max(round(GEOMETRIC_ONE * n0 / n), 1), GEOMETRIC_ONE - 1))
+    pi = centre_code / GEOMETRIC_ONE
+    centre_bits = -n0 * np.log2(pi) - (n - n0) * np.log2(1.0 - pi)
     present = np.nonzero(hist)[0]
+    present = present[present > 0]
     all_mags = _geometric_distances(np.arange(lo, lo + size, dtype=np.int64), lo, size)
+    all_mags = all_mags[all_mags > 0]
     best = (np.inf, int(_THETA_CODES[0]))
     for code in _THETA_CODES:
         log_t = np.log2(code / GEOMETRIC_ONE)
-        # log2 of the normalizer sum(theta^|v|) over the alphabet
-        log_z = np.log2(np.sum(np.exp2(all_mags * log_t)))
+        log_z = np.log2(np.sum(np.exp2(all_mags * log_t)))  # normalizer of the tail
         bits = float(np.sum(hist[present] * (log_z - present * log_t)))
         if bits < best[0]:
             best = (bits, int(code))
-    return best
+    return centre_bits + best[0], best[1], centre_code
 
 
 def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
@@ -145,9 +156,9 @@ def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
     table_bits = 8.0 * sum(len(_uvarint(int(c))) for c in counts)
     uniform_bits = n * np.log2(size)
     if geometric and size <= MAX_GEOMETRIC_ALPHABET:
-        geo_bits, code = _best_geometric(symbols, lo, size)
-        if geo_bits + 16 < min(entropy_bits + table_bits, uniform_bits):
-            return _Model(MODEL_GEOMETRIC, lo, size, None, code)
+        geo_bits, theta, centre = _best_geometric(symbols, lo, size)
+        if geo_bits + 32 < min(entropy_bits + table_bits, uniform_bits):
+            return _Model(MODEL_GEOMETRIC, lo, size, None, theta, centre)
     if entropy_bits + table_bits < uniform_bits:
         return _Model(MODEL_CATEGORICAL, lo, size, counts)
     return _Model(MODEL_UNIFORM, lo, size, None)
@@ -175,7 +186,7 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
         if m.kind == MODEL_CATEGORICAL:
             head.write(b"".join(_uvarint(int(c)) for c in m.counts))
         elif m.kind == MODEL_GEOMETRIC:
-            head.write(struct.pack(">H", m.theta_code))
+            head.write(struct.pack(">HH", m.theta_code, m.centre_code))
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
     words = encoder.get_compressed().astype(">u4")
@@ -201,13 +212,14 @@ def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
         if kind not in MODELS or not (1 <= size <= MAX_ALPHABET):
             raise StreamError("corrupt stream: bad entropy model descriptor")
         counts = None
-        theta_code = 0
+        theta_code = centre_code = 0
         if kind == MODEL_GEOMETRIC:
-            raw = src.read(2)
-            if len(raw) != 2:
+            raw = src.read(4)
+            if len(raw) != 4:
                 raise StreamError("corrupt stream: model descriptor runs past its chunk")
-            (theta_code,) = struct.unpack(">H", raw)
-            if not (1 <= theta_code < GEOMETRIC_ONE) or size > MAX_GEOMETRIC_ALPHABET:
+            theta_code, centre_code = struct.unpack(">HH", raw)
+            if (not (1 <= theta_code < GEOMETRIC_ONE and 1 <= centre_code < GEOMETRIC_ONE)
+                    or size > MAX_GEOMETRIC_ALPHABET):
                 raise StreamError("corrupt stream: bad geometric model descriptor")
         if kind == MODEL_CATEGORICAL:
             counts = np.array([_read_uvarint(src) for _ in range(size)], dtype=np.int64)
@@ -217,7 +229,7 @@ def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
             raise StreamError("corrupt stream: alphabet too small for its model")
         if kind != MODEL_CONSTANT and lo + size - 1 > 0x7FFFFFFF:
             raise StreamError("corrupt stream: alphabet leaves the 32-bit range")
-        models.append(_Model(kind, lo, size, counts, theta_code))
+        models.append(_Model(kind, lo, size, counts, theta_code, centre_code))
     raw = src.read(4)
     if len(raw) != 4:
         raise StreamError("corrupt stream: missing coded word count")

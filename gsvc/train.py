@@ -122,13 +122,16 @@ def refine(
     quantizer: Callable[[int, GaussianLayer], GaussianLayer] | None = None,
     rate: Callable[[int, GaussianLayer], Tensor] | None = None,
     rate_weight: float = 0.0,
+    after_step: Callable[[int, GaussianLayer, float], None] | None = None,
     backend: str = "torch",
     progress: Progress | None = None,
 ) -> list[GaussianLayer]:
     """Train given layers jointly from where they are (video P-frames start from the
     previous decoded frame). The loss is ``joint_loss`` plus ``rate_weight`` times the
     sum of ``rate(l, layer)`` over layers (a rate proxy, bits); the last ``qat_share``
-    of iterations renders layer l through ``quantizer(l, layer)``."""
+    of iterations renders layer l through ``quantizer(l, layer)``. ``after_step(l, layer,
+    decay)`` may change the parameters in place after every optimizer step (a proximal
+    step of a rate term); ``decay`` is the learning-rate factor of that step."""
     device = target.device
     layers = [_leaf(l, device) for l in start]
     groups = [g for layer in layers for g in _param_groups(layer, settings)]
@@ -151,6 +154,10 @@ def refine(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            with torch.no_grad():
+                for l, layer in enumerate(layers):
+                    after_step(l, layer, decay)
         if progress is not None:
             progress(it + 1, iterations, psnr_from_mse(full_mse.item()))
     return [l.detached() for l in layers]

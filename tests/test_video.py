@@ -310,3 +310,44 @@ def test_audio_is_noted(shared_data, tmp_path):
     assert "audio" in err and len([l for l in err.splitlines() if "audio" in l]) == 1
     info = stream_info(tmp_path / "m.gsv")
     assert info["frames"] == 2 and info["width"] == 48 and info["height"] == 35
+
+
+def test_useless_gaussians_are_dropped_and_replaced(clip):
+    """A reference with Gaussians that draw nothing (off the picture, zero colour):
+    the P-frame drops them, places as many new ones, and the decoder agrees."""
+    import torch
+
+    from bitstream import Header
+    from bitstream.layout import KIND_VIDEO
+    from bitstream.video import VideoHeader, VideoWriter
+    from gsvc.model import GaussianLayer
+    from gsvc.quantize import quantize_ints
+    from gsvc.video_encoder import _draws_something, _Encoder
+    from gsvc.layer_codec import sort_intra
+
+    layer = GaussianLayer(torch.tensor([[10.0, 10.0], [500.0, 10.0], [30.0, 20.0], [40.0, 30.0]]),
+                          torch.tensor([[1.0, 1.0, 0.0]] * 4),
+                          torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0.001, 0.0, -0.002], [0.3, 0.2, 0.1]]))
+    assert _draws_something(layer, 64, 48, 1 / 128).tolist() == [True, False, False, True]
+
+    settings = EncodeSettings(gaussians=(4,), train=TrainSettings(iterations=40), device="cpu")
+    enc = _Encoder(settings, CodingStructure(refresh_share=1.0, cut_psnr=0.0, cut_drop_db=99), 64, 48)
+    enc.reference = [sort_intra(quantize_ints(layer, enc.steps))]
+    enc.gop_psnr = 10.0
+    enc.since_i = 1
+    out = io.BytesIO()
+    writer = VideoWriter(out, Header(64, 48, (4,), enc.steps, kind=KIND_VIDEO), VideoHeader(0, 12, 1, 30))
+    from gsvc.layer_codec import encode_intra
+    payload, q0 = encode_intra(enc.reference[0], geometric=True)
+    writer.write_frame(0, [LayerChunk(1, 4, payload)])
+    ftype, chunks, report = enc.frame(1, clip[1])
+    assert report.type == "P"
+    writer.write_frame(ftype, chunks)
+    writer.finish()
+    with open_video(out.getvalue()) as reader:
+        decoded = [q for _, q in reader.models()]
+    np.testing.assert_array_equal(decoded[1][0], enc.reference[0])
+    assert len(decoded[1][0]) == 4
+    # the two dropped Gaussians are gone: the two kept ones lead, two new ones follow
+    kept = [tuple(r[:2]) for r in decoded[1][0][:2]]
+    assert all(abs(x * enc.steps[0]) < 64 for x, _ in kept)
