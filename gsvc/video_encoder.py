@@ -1,6 +1,7 @@
 """Video encoding: layered Gaussian frames in I/P groups (P-GSVC layers, GSVC's temporal coding).
 
-* **I-frames** are fitted from scratch, exactly as an image (``encoder.fit_image``).
+* **I-frames** are fitted from scratch, exactly as an image (``encoder.fit_image``);
+  Gaussians that draw nothing are left out (a black frame codes in a few bytes).
 * **P-frames** start from the previous frame's *decoded* Gaussians, layer by layer,
   train jointly (the same P-GSVC objective) for ``CodingStructure.p_share`` of the
   I-frame iterations, with a rate term: an L1 proxy of the differences to the
@@ -164,6 +165,14 @@ class _Encoder:
 
     def intra(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
         model = fit_image(rgb, self.settings)
+        # Gaussians that draw nothing cost bits for nothing (a black frame has only such)
+        pruned = []
+        for layer in model.layers:
+            keep = _draws_something(layer, self.width, self.height, self.steps[5])
+            if not keep.any():
+                keep[int(layer.colors.abs().amax(dim=1).argmax())] = True  # a layer holds >= 1
+            pruned.append(GaussianLayer(*(t[torch.from_numpy(keep)] for t in layer.tensors())))
+        model.layers = pruned
         return code_intra_layers(model, self.steps, geometric=True)
 
     def predicted(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
