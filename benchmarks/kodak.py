@@ -1,6 +1,6 @@
 """Kodak benchmark of the default encoder: per-layer PSNR (quantized), bpp, time.
 
-    python benchmarks/kodak.py [../shared/data/kodak] [--preset medium] [--images kodim01,kodim02]
+    python -m benchmarks.kodak [../shared/data/kodak] [--preset medium] [--images kodim01,kodim02]
 
 For every image: encode with the default settings (3 layers, 5000/2000/2000 Gaussians
 at 768x512), decode the real bytes at every layer count, and report PSNR after
@@ -20,12 +20,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from gsvc.codec import PRESETS, EncodeSettings, decode_image, encode_image, stream_info, to_uint8  # noqa: E402
-from gsvc.media import read_image  # noqa: E402
-from gsvc.metrics import hole_fraction, psnr  # noqa: E402
-from gsvc.train import TrainSettings  # noqa: E402
+from gsvc.codec import PRESETS, EncodeSettings, decode_image, encode_image, stream_info, to_uint8
+from gsvc.media import read_image
+from gsvc.metrics import hole_fraction, psnr
+from gsvc.train import TrainSettings
 
 
 def run_image(path: Path, iterations: int, seed: int, device: str) -> dict:

@@ -1,8 +1,8 @@
 """Rate-distortion of gsvc against baselines at the same per-layer byte budgets.
 
-    python benchmarks/rd.py ../shared/data/kodak --out results/
-    python benchmarks/rd.py DIR --out /tmp/rd --images kodim01,kodim05 --iterations 300 --max-side 256
-    python benchmarks/rd.py DIR --out /tmp/rd --methods joint,jpeg2000
+    python -m benchmarks.rd ../shared/data/kodak --out results/
+    python -m benchmarks.rd DIR --out /tmp/rd --images kodim01,kodim05 --iterations 300 --max-side 256
+    python -m benchmarks.rd DIR --out /tmp/rd --methods joint,jpeg2000
 
 Methods (``--methods``, default all), per image:
 
@@ -48,13 +48,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from gsvc.codec import PRESETS, EncodeSettings, default_counts, encode_image  # noqa: E402
-from gsvc.evaluate import evaluate_stream, ms_ssim, ms_ssim_weights  # noqa: E402
-from gsvc.media import atomic_output, read_image  # noqa: E402
-from gsvc.metrics import psnr  # noqa: E402
-from gsvc.train import TrainSettings  # noqa: E402
+from gsvc.codec import PRESETS, EncodeSettings, default_counts, encode_image
+from gsvc.evaluate import evaluate_stream, ms_ssim, ms_ssim_weights
+from gsvc.media import atomic_output, read_image
+from gsvc.metrics import psnr
+from gsvc.train import TrainSettings
 
 METHODS = ("joint", "sequential", "monolithic", "jpeg2000", "jpeg")
 BUDGET_METHODS = ("jpeg2000", "jpeg")

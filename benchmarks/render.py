@@ -13,8 +13,8 @@ peak RSS (ru_maxrss) over its state after a tiny warm-up, for CUDA the growth of
 torch.cuda.max_memory_allocated. Each (backend, size, count) runs in a fresh
 subprocess so that peaks do not leak between rows.
 
-    python benchmarks/render.py --counts 9000 --sizes 768x512
-    python benchmarks/render.py --backends numba,torch --repeats 10 --max-seconds 30
+    python -m benchmarks.render --counts 9000 --sizes 768x512
+    python -m benchmarks.render --backends numba,torch --repeats 10 --max-seconds 30
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 #: backend label -> (registry name, device)
 BACKENDS = {"numba": ("numba", "cpu"), "torch": ("torch", "cpu"), "torch-cuda": ("torch", "cuda")}

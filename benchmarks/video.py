@@ -51,14 +51,17 @@ def encode(frames: list[np.ndarray], fps: Fraction, settings: EncodeSettings, st
     h, w = frames[0].shape[:2]
     out = io.BytesIO()
     start = time.perf_counter()
-    summary = encode_video(iter(frames), out, w, h, fps, settings, structure,
-                           on_frame=lambda r: print(f"  frame {r.index:3d} {r.type} {r.psnr:6.2f} dB "
-                                                    f"{sum(r.bytes):7d} B {r.seconds:6.1f} s"
-                                                    + (" (cut)" if r.cut else ""), flush=True))
+    reports = []
+
+    def on_frame(r) -> None:
+        reports.append(r)
+        print(f"  frame {r.index:3d} {r.type} {r.psnr:6.2f} dB {sum(r.bytes):7d} B {r.seconds:6.1f} s"
+              + (" (cut)" if r.cut else ""), flush=True)
+
+    encode_video(iter(frames), out, w, h, fps, settings, structure, on_frame=on_frame)
     seconds = time.perf_counter() - start
     data = out.getvalue()
     result = evaluate_video(data, lambda: iter(frames))
-    reports = summary.reports
     by_type = {t: [r for r in reports if r.type == t] for t in ("I", "P")}
     result["encode_seconds"] = seconds
     result["frame_reports"] = [

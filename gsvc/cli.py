@@ -183,16 +183,15 @@ def _encode_video(video, output, settings_for, size, max_frames, start, gop, qui
     if quiet:
         return
     info = stream_info(output)
-    reports = summary.reports
-    kinds = {t: [r for r in reports if r.type == t] for t in ("I", "P")}
-    click.echo(f"wrote {output}: {info['frames']} frames ({len(kinds['I'])} I, {len(kinds['P'])} P), "
+    kinds = summary.by_type
+    click.echo(f"wrote {output}: {info['frames']} frames ({kinds['I'].frames} I, {kinds['P'].frames} P), "
                f"{info['total_bytes']} bytes, {info['layers'][-1]['cumulative_kbps']:.1f} kbit/s, "
                f"{info['bpp']:.4f} bpp, {seconds:.1f} s", err=True)
-    for t, rs in kinds.items():
-        if rs:
-            click.echo(f"  {t}-frames: mean {sum(sum(r.bytes) for r in rs) / len(rs):.0f} bytes, "
-                       f"mean PSNR {sum(r.psnr for r in rs) / len(rs):.2f} dB, "
-                       f"{sum(r.seconds for r in rs) / len(rs):.1f} s/frame", err=True)
+    for t, totals in kinds.items():
+        if totals.frames:
+            n = totals.frames
+            click.echo(f"  {t}-frames: mean {totals.bytes / n:.0f} bytes, mean PSNR {totals.psnr / n:.2f} dB, "
+                       f"{totals.seconds / n:.1f} s/frame", err=True)
     _print_table([(row, None) for row in info["layers"]])
 
 

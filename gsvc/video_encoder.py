@@ -99,9 +99,28 @@ class FrameReport:
 
 
 @dataclass
+class TypeTotals:
+    frames: int = 0
+    bytes: int = 0
+    psnr: float = 0.0  # sum over frames
+    seconds: float = 0.0  # sum over frames
+
+
+@dataclass
 class VideoSummary:
-    frames: int
-    reports: list[FrameReport] = field(default_factory=list)
+    """Totals per frame type (per-frame detail goes to the ``on_frame`` callback, so a
+    long video costs no memory here)."""
+
+    frames: int = 0
+    by_type: dict[str, TypeTotals] = field(default_factory=lambda: {"I": TypeTotals(), "P": TypeTotals()})
+
+    def add(self, report: FrameReport) -> None:
+        t = self.by_type[report.type]
+        t.frames += 1
+        t.bytes += sum(report.bytes)
+        t.psnr += report.psnr
+        t.seconds += report.seconds
+        self.frames += 1
 
 
 FrameCallback = Callable[[FrameReport], None]
@@ -277,14 +296,13 @@ def encode_video(
     fps = Fraction(fps).limit_denominator(1 << 20)
     header = Header(width=width, height=height, counts=encoder.counts, steps=encoder.steps, kind=KIND_VIDEO)
     writer = VideoWriter(out, header, VideoHeader(0, fps.numerator, fps.denominator, structure.gop))
-    summary = VideoSummary(0)
+    summary = VideoSummary()
     for index, rgb in enumerate(frames):
         if rgb.shape != (height, width, 3):
             raise GsvcError(f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
         ftype, chunks, report = encoder.frame(index, rgb)
         report.bytes = writer.write_frame(ftype, chunks)
-        summary.reports.append(report)
-        summary.frames += 1
+        summary.add(report)
         if on_frame is not None:
             on_frame(report)
     if summary.frames == 0:

@@ -43,8 +43,12 @@ def clip() -> np.ndarray:
 @pytest.fixture(scope="module")
 def encoded(clip):
     out = io.BytesIO()
-    summary = encode_video(iter(clip), out, clip.shape[2], clip.shape[1], Fraction(12), SETTINGS, STRUCTURE)
-    return out.getvalue(), summary
+    reports = []
+    summary = encode_video(iter(clip), out, clip.shape[2], clip.shape[1], Fraction(12), SETTINGS, STRUCTURE,
+                           on_frame=reports.append)
+    assert summary.frames == len(reports) == len(clip)
+    assert summary.by_type["I"].frames + summary.by_type["P"].frames == len(clip)
+    return out.getvalue(), reports
 
 
 def test_round_trip_at_every_layer(encoded, clip):
@@ -60,12 +64,13 @@ def test_round_trip_at_every_layer(encoded, clip):
 
 
 def test_frame_types_cut_and_sizes(encoded):
-    data, summary = encoded
+    data, reports = encoded
     info = stream_info(data)
     types = [f["type"] for f in info["frame_list"]]
     assert types[0] == "I"
     assert types[5] == "I", types  # the scene cut
-    assert summary.reports[5].cut
+    assert reports[5].cut
+    assert [r.bytes for r in reports] == [f["bytes"] for f in info["frame_list"]]
     p = [sum(f["bytes"]) for f in info["frame_list"] if f["type"] == "P"]
     i = [sum(f["bytes"]) for f in info["frame_list"] if f["type"] == "I"]
     assert len(p) >= 4, types
@@ -76,9 +81,9 @@ def test_encoder_view_is_the_decoders(encoded, clip):
     """The PSNR the encoder reported is that of the decoded frames (the reference is the
     decoded frame, no drift); and k layers decoded alone equal layers 1..k of the full
     decode (layer l is predicted only from layer l)."""
-    data, summary = encoded
+    data, reports = encoded
     full = decode_video(data)
-    for report, frame, source in zip(summary.reports, full, clip):
+    for report, frame, source in zip(reports, full, clip):
         assert report.psnr == pytest.approx(psnr(frame, source), abs=1e-9)
     with open_video(data) as reader:
         steps = reader.stream.header.steps
@@ -351,3 +356,23 @@ def test_useless_gaussians_are_dropped_and_replaced(clip):
     # the two dropped Gaussians are gone: the two kept ones lead, two new ones follow
     kept = [tuple(r[:2]) for r in decoded[1][0][:2]]
     assert all(abs(x * enc.steps[0]) < 64 for x, _ in kept)
+
+
+def test_frames_stream_through_the_encoder(clip):
+    """Frames are pulled one at a time and written as they are coded: no read-ahead,
+    nothing held back, so memory does not grow with the video's length."""
+    pulled = []
+
+    def frames():
+        for i, f in enumerate(clip[:4]):
+            pulled.append(i)
+            yield f
+
+    out = io.BytesIO()
+    seen = []
+    settings = EncodeSettings(gaussians=(10, 5), train=TrainSettings(iterations=20), device="cpu")
+    encode_video(frames(), out, 64, 48, Fraction(12), settings, STRUCTURE,
+                 on_frame=lambda r: seen.append((r.index, len(pulled), out.tell())))
+    assert [s[1] for s in seen] == [1, 2, 3, 4]
+    sizes = [s[2] for s in seen]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
