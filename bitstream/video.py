@@ -172,6 +172,13 @@ class VideoStream:
                     raise StreamError(f"corrupt stream: layer {l} of frame {t} exceeds the header's count")
                 layers.append(layer)
             yield VideoFrame(fh, layers, chunk.size)
+        while True:  # after the last frame: ancillary chunks only
+            chunk = read_chunk(self.src, offset)
+            if chunk is None:
+                return
+            if not chunk.type[:1].islower():
+                raise StreamError(f"corrupt stream: {_name(chunk.type)} chunk after the last frame")
+            offset += chunk.size
 
 
 def _name(ctype: bytes) -> str:

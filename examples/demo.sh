@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Encode the bundled example into 3 layers, then decode it at every layer.
+# Encode the bundled picture into 3 layers and decode it at every layer; then encode the
+# bundled clip (24 frames of OpenCV's tree.avi at 160x120) as a layered I/P video and
+# decode it with 1 layer and with all layers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GSVC=.venv/bin/gsvc
@@ -11,3 +13,9 @@ done
 $GSVC decode out/kodim03.gsv --scale 2 -o out/kodim03_x2.png
 $GSVC info out/kodim03.gsv
 echo "decoded: out/kodim03_layers{1,2,3}.png (and a 2x render: out/kodim03_x2.png)"
+echo
+$GSVC encode examples/tree_160x120.mp4 -o out/tree.gsv --preset fast --seed 0
+$GSVC decode out/tree.gsv --layers 1 -o out/tree_layer1.mp4
+$GSVC decode out/tree.gsv -o out/tree.mkv
+$GSVC eval out/tree.gsv --reference examples/tree_160x120.mp4
+echo "decoded: out/tree_layer1.mp4 (base layer, H.264) and out/tree.mkv (all layers, lossless FFV1)"

@@ -228,6 +228,8 @@ def decode(input, output, layers, scale, device):
     if stream_kind(check_input_file(input)) == KIND_VIDEO:
         check_video_output(output)
         with open_video(input, layers) as reader:
+            if reader.frame_count == 0:
+                raise GsvcError(f"{input}: the stream holds no frames")
             w, h = round(reader.width * scale), round(reader.height * scale)
             with video_output(output, w, h, reader.fps, notice=_note) as write:
                 for frame in reader.frames(scale=scale, device=device):

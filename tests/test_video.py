@@ -376,3 +376,16 @@ def test_frames_stream_through_the_encoder(clip):
     assert [s[1] for s in seen] == [1, 2, 3, 4]
     sizes = [s[2] for s in seen]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
+
+
+def test_data_after_the_last_frame_is_an_error(encoded):
+    from bitstream import write_chunk
+
+    data, _ = encoded
+    extra = io.BytesIO()
+    write_chunk(extra, b"LAYR", b"\x00" * 12)
+    with pytest.raises(StreamError, match="after the last frame"):
+        decode_video(data + extra.getvalue())
+    ancillary = io.BytesIO()
+    write_chunk(ancillary, b"tEXt", b"comment")
+    assert len(decode_video(data + ancillary.getvalue())) == 8
