@@ -15,6 +15,6 @@ status=0
 timeout 150 "$PY" -m pytest -q -rs tests/test_render_backends.py tests/test_codec.py -k "cuda or backend" 2>&1 | tee "$OUT/parity.txt" || status=1
 timeout 120 "$PY" benchmarks/render.py --backends torch-cuda,numba --counts 1000,9000,50000 \
   --sizes 768x512,1920x1080 --repeats 10 --max-seconds 20 2>&1 | tee "$OUT/render.txt" || status=1
-timeout 60 "$PY" -m gsvc encode examples/kodim03_384x256.png -o "$OUT/cuda.gsv" --device cuda --iterations 300 2>&1 | tail -6 | tee "$OUT/encode.txt" || status=1
-"$PY" -m gsvc decode "$OUT/cuda.gsv" -o "$OUT/cuda.png" --device cpu && "$PY" -m gsvc info "$OUT/cuda.gsv" | tee -a "$OUT/encode.txt" || status=1
+timeout 60 "$PY" -m gsvc encode examples/kodim03_384x256.png -o "$OUT/cuda.gsv" -y --device cuda --iterations 300 2>&1 | tail -6 | tee "$OUT/encode.txt" || status=1
+"$PY" -m gsvc decode "$OUT/cuda.gsv" -o "$OUT/cuda.png" -y --device cpu && "$PY" -m gsvc info "$OUT/cuda.gsv" | tee -a "$OUT/encode.txt" || status=1
 exit $status

@@ -6,16 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GSVC=.venv/bin/gsvc
 mkdir -p out
-$GSVC encode examples/kodim03_384x256.png -o out/kodim03.gsv --preset fast --seed 0
+$GSVC encode examples/kodim03_384x256.png -o out/kodim03.gsv --preset fast --seed 0 -y
 for k in 1 2 3; do
-  $GSVC decode out/kodim03.gsv --layers "$k" -o "out/kodim03_layers$k.png"
+  $GSVC decode out/kodim03.gsv --layers "$k" -o "out/kodim03_layers$k.png" -y
 done
-$GSVC decode out/kodim03.gsv --scale 2 -o out/kodim03_x2.png
+$GSVC decode out/kodim03.gsv --scale 2 -o out/kodim03_x2.png -y
 $GSVC info out/kodim03.gsv
 echo "decoded: out/kodim03_layers{1,2,3}.png (and a 2x render: out/kodim03_x2.png)"
 echo
-$GSVC encode examples/tree_160x120.mp4 -o out/tree.gsv --preset fast --seed 0
-$GSVC decode out/tree.gsv --layers 1 -o out/tree_layer1.mp4
-$GSVC decode out/tree.gsv -o out/tree.mkv
+$GSVC encode examples/tree_160x120.mp4 -o out/tree.gsv --preset fast --seed 0 -y
+$GSVC decode out/tree.gsv --layers 1 -o out/tree_layer1.mp4 -y
+$GSVC decode out/tree.gsv -o out/tree.mkv -y
 $GSVC eval out/tree.gsv --reference examples/tree_160x120.mp4
 echo "decoded: out/tree_layer1.mp4 (base layer, H.264) and out/tree.mkv (all layers, lossless FFV1)"

@@ -43,6 +43,36 @@ class _Group(click.Group):
             _fail(f"internal error: {type(e).__name__}: {e} (set GSVC_DEBUG=1 for a traceback)")
 
 
+def _overwrite_options(f):
+    """ffmpeg's habits: -y replaces an existing output, -n never does; without either,
+    a terminal is asked and anything else is refused."""
+    f = click.option("-n", "--no-overwrite", "overwrite", flag_value=False,
+                     help="Never replace an existing output (fail instead).")(f)
+    f = click.option("-y", "--overwrite", "overwrite", flag_value=True, default=None,
+                     help="Replace an existing output without asking.")(f)
+    return f
+
+
+def _claim_output(outputs: list[Path], source: Path, overwrite: bool | None) -> None:
+    """Refuse to write onto the input (even with -y) or over an existing file unless allowed."""
+    from .media import same_file
+
+    for out in outputs:
+        if same_file(out, source):
+            raise GsvcError(f"{out}: is the input file; choose another output")
+        if out.is_dir():
+            raise GsvcError(f"{out}: is a directory")
+    existing = [out for out in outputs if out.exists()]
+    if not existing or overwrite is True:
+        return
+    what = str(existing[0]) if len(existing) == 1 else f"{existing[0]} and {len(existing) - 1} more files"
+    if overwrite is None and sys.stdin.isatty() and sys.stderr.isatty():
+        if click.confirm(f"gsvc: {what} already exists. Overwrite?", default=False, err=True):
+            return
+        raise GsvcError(f"{what}: not overwritten")
+    raise GsvcError(f"{what}: already exists (use -y to overwrite)")
+
+
 def _parse_counts(ctx, param, text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -77,8 +107,9 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@_overwrite_options
 def encode(input, output, gaussians, layers, iterations, preset, training, size_text, max_frames, start, gop,
-           device, seed, quiet):
+           device, seed, quiet, overwrite):
     """Fit layered Gaussians to an image or a video and write a .gsv stream."""
     from .encoder import PRESETS, EncodeSettings, default_counts
     from .media import check_writable, parse_size, probe_video
@@ -90,6 +121,9 @@ def encode(input, output, gaussians, layers, iterations, preset, training, size_
     output = output or input.with_suffix(".gsv")
     size = parse_size(size_text) if size_text else None
     video = probe_video(input)
+    _claim_output([output], input, overwrite)
+    if output.suffix.lower() != ".gsv":
+        _note(f"{output}: a gsvc stream is written whatever the extension (.gsv is usual)")
     check_writable(output)  # fail on an unwritable destination before minutes of training
 
     def settings_for(w: int, h: int) -> EncodeSettings:
@@ -216,12 +250,13 @@ def _print_table(rows) -> None:
 @click.option("--layers", type=int, help="Decode only the first N layers (default: all).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Render at this multiple of the encoded size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-def decode(input, output, layers, scale, device):
+@_overwrite_options
+def decode(input, output, layers, scale, device, overwrite):
     """Decode a .gsv stream (optionally only its first layers) to an image or a video."""
     from bitstream.layout import KIND_VIDEO
 
     from .decoder import decode_image, open_video, stream_kind
-    from .media import IMAGE_WRITERS, check_input_file, check_video_output, video_output, write_image
+    from .media import IMAGE_WRITERS, check_input_file, check_video_output, is_frame_pattern, video_output, write_image
 
     if layers is not None and layers < 1:
         raise GsvcError(f"--layers must be at least 1 (got {layers})")
@@ -230,6 +265,9 @@ def decode(input, output, layers, scale, device):
         with open_video(input, layers) as reader:
             if reader.frame_count == 0:
                 raise GsvcError(f"{input}: the stream holds no frames")
+            targets = ([Path(str(output) % i) for i in range(1, reader.frame_count + 1)]
+                       if is_frame_pattern(output) else [output])
+            _claim_output(targets, input, overwrite)
             w, h = round(reader.width * scale), round(reader.height * scale)
             with video_output(output, w, h, reader.fps, notice=_note) as write:
                 for frame in reader.frames(scale=scale, device=device):
@@ -237,6 +275,7 @@ def decode(input, output, layers, scale, device):
         return
     if output.suffix.lower() not in IMAGE_WRITERS:
         raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
+    _claim_output([output], input, overwrite)
     rgb = decode_image(input, layers=layers, scale=scale, device=device)
     write_image(output, rgb)
 

@@ -87,6 +87,17 @@ def _temp_beside(dest: Path) -> Path:
     return Path(tmp)
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths name one file (the same path, or one file through a link)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+        return pa.resolve() == pb.resolve()
+    except OSError:
+        return False
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Fail early, with one line, if ``path`` cannot be written; leaves nothing behind."""
     _temp_beside(Path(path)).unlink()

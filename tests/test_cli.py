@@ -137,3 +137,43 @@ def test_bad_gaussians_flag(workdir):
     code, _, err = run("encode", workdir / "in.png", "--gaussians", "10,0", "-o", workdir / "g.gsv")
     assert code == 2
     assert not (workdir / "g.gsv").exists()
+
+
+# ------------------------------------------------------------- overwrite policy (ffmpeg's habits)
+
+def test_existing_output_is_kept_unless_y(workdir):
+    target = workdir / "keep.png"
+    target.write_bytes(b"precious")
+    for extra in ([], ["-n"]):
+        code, _, err = run("decode", workdir / "in.gsv", "-o", target, *extra)
+        assert_one_line_error(code, err, "already exists", "-y")
+        assert target.read_bytes() == b"precious"
+    code, _, err = run("decode", workdir / "in.gsv", "-o", target, "-y")
+    assert code == 0, err
+    assert read_image(target).shape == (32, 48, 3)
+    stream = workdir / "in.gsv"
+    before = stream.read_bytes()
+    code, _, err = run("encode", workdir / "in.png", "-o", stream, "--gaussians", "4", "--iterations", "2", "-q")
+    assert_one_line_error(code, err, "already exists")
+    assert stream.read_bytes() == before
+
+
+def test_writing_onto_the_input_is_refused_even_with_y(workdir):
+    src = workdir / "copy.png"
+    src.write_bytes((workdir / "in.png").read_bytes())
+    code, _, err = run("encode", src, "-o", src, "-y", "--gaussians", "4", "--iterations", "2", "-q")
+    assert_one_line_error(code, err, "is the input file")
+    assert src.read_bytes() == (workdir / "in.png").read_bytes()
+    link = workdir / "link.png"
+    if not link.exists():
+        os.symlink(src, link)
+    code, _, err = run("encode", src, "-o", link, "-y", "--gaussians", "4", "--iterations", "2", "-q")
+    assert_one_line_error(code, err, "is the input file")
+    assert src.read_bytes() == (workdir / "in.png").read_bytes()
+
+
+def test_encode_notes_an_unusual_extension(workdir):
+    code, _, err = run("encode", workdir / "in.png", "-o", workdir / "in.bin", "--gaussians", "4",
+                       "--iterations", "2", "-q", "-y")
+    assert code == 0, err
+    assert "note" in err and ".gsv" in err

@@ -389,3 +389,16 @@ def test_data_after_the_last_frame_is_an_error(encoded):
     ancillary = io.BytesIO()
     write_chunk(ancillary, b"tEXt", b"comment")
     assert len(decode_video(data + ancillary.getvalue())) == 8
+
+
+def test_frame_pattern_outputs_are_not_overwritten(cli_stream):
+    d = cli_stream
+    (d / "pat").mkdir(exist_ok=True)
+    (d / "pat" / "g_0005.png").write_bytes(b"mine")
+    code, _, err = run("decode", d / "clip.gsv", "-o", d / "pat" / "g_%04d.png")
+    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (d / "pat").iterdir()) == ["g_0005.png"]
+    assert (d / "pat" / "g_0005.png").read_bytes() == b"mine"
+    code, _, err = run("decode", d / "clip.gsv", "-o", d / "pat" / "g_%04d.png", "-y")
+    assert code == 0, err
+    assert len(list((d / "pat").iterdir())) == 8
