@@ -29,7 +29,7 @@ from gsvc.decoder import stream_info
 from gsvc.encoder import PRESETS, EncodeSettings
 from gsvc.evaluate import evaluate_video, ms_ssim
 from gsvc.media import parse_size, probe_video, read_video
-from gsvc.metrics import psnr
+from gsvc.metrics import mse, psnr, psnr_from_mse
 from gsvc.train import TrainSettings
 from gsvc.video_encoder import CodingStructure, encode_video
 
@@ -125,7 +125,6 @@ def x264_at_bytes(frames, fps, target: int) -> dict:
     with av.open(io.BytesIO(data)) as c:
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     values = [psnr(a, b) for a, b in zip(decoded, frames)]
-    from gsvc.metrics import mse, psnr_from_mse
     ssims = [ms_ssim(a, b)[0] for a, b in zip(decoded, frames)]
     h, w = frames[0].shape[:2]
     return {"crf": crf, "bytes": len(data), "bpp": 8 * len(data) / (w * h * len(frames)),

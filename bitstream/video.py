@@ -114,10 +114,10 @@ class VideoWriter:
         self.frames += 1
         return [sizes[0] + fram] + sizes[1:]
 
-    def finish(self, video: VideoHeader | None = None) -> None:
-        """Patch the header's frame count (and any other VHDR field) in place."""
+    def finish(self) -> None:
+        """Patch the header's frame count in place."""
         end = self.out.tell()
-        self.video = video or VideoHeader(self.frames, self.video.fps_num, self.video.fps_den, self.video.gop)
+        self.video = VideoHeader(self.frames, self.video.fps_num, self.video.fps_den, self.video.gop)
         self.out.seek(self._vhdr_at)
         write_chunk(self.out, VIDEO_HEADER, self.video.pack())
         self.out.seek(end)

@@ -228,9 +228,8 @@ def evaluate_video(
     for row in info["layers"]:
         k = row["index"]
         values, ssims = [], []
-        start = time.perf_counter()
         decode_seconds = 0.0
-        with open_video(data if isinstance(data, (bytes, bytearray)) else data, layers=k) as reader:
+        with open_video(data, layers=k) as reader:
             decoded = reader.frames(device=device, backend=backend)
             refs = reference_frames()
             for t in range(frames):
@@ -248,7 +247,6 @@ def evaluate_video(
                 values.append(value)
                 ssims.append(ssim)
                 frame_rows.append({"frame": t, "type": frame.type, "layers": k, "psnr": value, "ms_ssim": ssim})
-        del start
         nbytes = row["cumulative_bytes"]
         have_ssim = all(s is not None for s in ssims)
         rows.append(

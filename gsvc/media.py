@@ -178,7 +178,7 @@ class VideoInfo:
 
 def _is_image_container(container) -> bool:
     name = container.format.name
-    return name in _IMAGE_DEMUXERS or name.endswith("_pipe") and name != "yuv4mpegpipe"
+    return name in _IMAGE_DEMUXERS or name.endswith("_pipe")  # png_pipe, jpeg_pipe, ... (y4m is "yuv4mpegpipe")
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo | None:
@@ -344,8 +344,6 @@ def _frame_files(pattern: Path) -> Iterator[Callable[[np.ndarray], None]]:
 
 def read_video_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], Fraction]:
     """Every frame of a video file (or frame pattern) in memory, and its frame rate (tests, eval)."""
-    import av
-
     p = Path(path)
     if is_frame_pattern(p):
         frames = []
@@ -357,8 +355,7 @@ def read_video_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], Fracti
     info = probe_video(p)
     if info is None:
         return [read_image(p)], Fraction(0)
-    with av.open(str(p)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)], info.fps
+    return list(read_video(info)), info.fps
 
 
 def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +32,12 @@ class GaussianLayer:
 
     def detached(self) -> "GaussianLayer":
         return GaussianLayer(*(t.detach().clone() for t in self.tensors()))
+
+    def select(self, index) -> "GaussianLayer":
+        """The Gaussians picked by ``index`` (a slice, or a [N] bool mask as numpy or torch)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return GaussianLayer(*(t[index] for t in self.tensors()))
 
     def to(self, device: torch.device | str) -> "GaussianLayer":
         return GaussianLayer(*(t.to(device) for t in self.tensors()))

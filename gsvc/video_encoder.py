@@ -190,7 +190,7 @@ class _Encoder:
             keep = _draws_something(layer, self.width, self.height, self.steps[5])
             if not keep.any():
                 keep[int(layer.colors.abs().amax(dim=1).argmax())] = True  # a layer holds >= 1
-            pruned.append(GaussianLayer(*(t[torch.from_numpy(keep)] for t in layer.tensors())))
+            pruned.append(layer.select(keep))
         model.layers = pruned
         return code_intra_layers(model, self.steps, geometric=True)
 
@@ -203,7 +203,7 @@ class _Encoder:
         starts, keeps, bases = [], [], []
         for l, (q, layer) in enumerate(zip(self.reference, ref_layers)):
             keep = _draws_something(layer, self.width, self.height, self.steps[5])
-            kept = GaussianLayer(*(t[torch.from_numpy(keep)] for t in layer.tensors()))
+            kept = layer.select(keep)
             # as many new Gaussians as were dropped (at most refresh_share of the layer),
             # placed where the layers so far miss the new frame
             n_new = min(int((~keep).sum()), int(s.refresh_share * len(layer)))
@@ -238,8 +238,7 @@ class _Encoder:
         for l, (layer, keep, q_ref) in enumerate(zip(trained, keeps, self.reference), start=1):
             layer = layer.to("cpu")
             k = int(keep.sum())
-            head = GaussianLayer(*(t[:k] for t in layer.tensors()))
-            tail = GaussianLayer(*(t[k:] for t in layer.tensors()))
+            head, tail = layer.select(slice(None, k)), layer.select(slice(k, None))
             kept_q = quantize_residual(head, q_ref[keep], self.steps, s.deadzone)
             payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps))
             # where motion is wild, coding every Gaussian afresh (keep none) can be cheaper
@@ -270,9 +269,7 @@ class _Encoder:
         if chunks is None:
             chunks, decoded = self.intra(rgb)
             self.since_i = 0
-        value = psnr(self._render(decoded), rgb)
-        if ftype == FRAME_I:
-            self.gop_psnr = value
+            value = self.gop_psnr = psnr(self._render(decoded), rgb)
         self.since_i += 1
         self.reference = decoded
         chunks = [LayerChunk(c.layer, c.count, c.data, frame=index, reference=c.reference) for c in chunks]
