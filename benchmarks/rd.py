@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from gsvc.codec import PRESETS, EncodeSettings, default_counts, encode_image
 from gsvc.evaluate import evaluate_stream, ms_ssim, ms_ssim_weights
-from gsvc.media import atomic_output, read_image
+from gsvc.files import atomic_output
+from gsvc.media import read_image
 from gsvc.metrics import psnr
 from gsvc.train import TrainSettings
 

@@ -55,7 +55,7 @@ def _overwrite_options(f):
 
 def _claim_output(outputs: list[Path], source: Path, overwrite: bool | None) -> None:
     """Refuse to write onto the input (even with -y) or over an existing file unless allowed."""
-    from .media import same_file
+    from .files import same_file
 
     for out in outputs:
         if same_file(out, source):
@@ -112,7 +112,8 @@ def encode(input, output, gaussians, layers, iterations, preset, training, size_
            device, seed, quiet, overwrite):
     """Fit layered Gaussians to an image or a video and write a .gsv stream."""
     from .encoder import PRESETS, EncodeSettings, default_counts
-    from .media import check_writable, parse_size, probe_video
+    from .files import check_writable
+    from .media import parse_size, probe_video
     from .train import TrainSettings
 
     counts = gaussians
@@ -149,7 +150,8 @@ def _note(message: str) -> None:
 def _encode_image(input, output, settings_for, size, quiet) -> None:
     from .decoder import decode_image, stream_info
     from .encoder import encode_image
-    from .media import atomic_output, fit_size, read_image, resize
+    from .files import atomic_output
+    from .media import fit_size, read_image, resize
     from .metrics import psnr
 
     rgb = read_image(input, notice=_note)
@@ -185,7 +187,8 @@ def _encode_image(input, output, settings_for, size, quiet) -> None:
 
 def _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet) -> None:
     from .decoder import stream_info
-    from .media import atomic_output, fit_size, read_video
+    from .files import atomic_output
+    from .media import fit_size, read_video
     from .video_encoder import CodingStructure, encode_video
 
     if video.has_audio:
@@ -256,7 +259,8 @@ def decode(input, output, layers, scale, device, overwrite):
     from bitstream.layout import KIND_VIDEO
 
     from .decoder import decode_image, open_video, stream_kind
-    from .media import IMAGE_WRITERS, check_input_file, check_video_output, is_frame_pattern, video_output, write_image
+    from .files import check_input_file
+    from .media import IMAGE_WRITERS, check_video_output, is_frame_pattern, video_output, write_image
 
     if layers is not None and layers < 1:
         raise GsvcError(f"--layers must be at least 1 (got {layers})")
@@ -322,7 +326,8 @@ def eval_(stream, reference, as_json, repeats, start):
 
     from .decoder import stream_kind
     from .evaluate import evaluate_stream
-    from .media import check_input_file, read_image
+    from .files import check_input_file
+    from .media import read_image
 
     data = check_input_file(stream).read_bytes()
     if stream_kind(data) == KIND_VIDEO:

@@ -37,7 +37,7 @@ def _open(source: Source):
     if isinstance(source, (bytes, bytearray)):
         return io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
-        from .media import check_input_file
+        from .files import check_input_file
 
         return open(check_input_file(source), "rb")
     return source

@@ -145,7 +145,7 @@ def evaluate_stream(
     the reference in the error raised when its size differs from the stream's.
     """
     from .decoder import decode_image, stream_info
-    from .media import check_input_file
+    from .files import check_input_file
 
     if not isinstance(data, (bytes, bytearray)):
         data = check_input_file(data).read_bytes()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import GsvcError
+from .files import atomic_output, check_input_file
 
 #: Output formats by file extension: (av codec, pixel format written).
 IMAGE_WRITERS = {
@@ -21,24 +21,6 @@ IMAGE_WRITERS = {
 }
 
 _PLAIN_RGB = {"rgb24"}
-
-
-def check_input_file(path: str | os.PathLike) -> Path:
-    """Fail with one clear line if ``path`` is not a readable, non-empty file."""
-    p = Path(path)
-    if not p.exists():
-        raise GsvcError(f"{p}: no such file")
-    if p.is_dir():
-        raise GsvcError(f"{p}: is a directory, not a file")
-    try:
-        size = p.stat().st_size
-        with open(p, "rb"):
-            pass
-    except OSError as e:
-        raise GsvcError(f"{p}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise GsvcError(f"{p}: empty file")
-    return p
 
 
 def read_image(path: str | os.PathLike, notice: Callable[[str], None] | None = None) -> np.ndarray:
@@ -70,54 +52,6 @@ def read_image(path: str | os.PathLike, notice: Callable[[str], None] | None = N
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-def _temp_beside(dest: Path) -> Path:
-    """A new empty temporary file in ``dest``'s directory (same file system)."""
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise GsvcError(f"{dest}: is a directory")
-    if not parent.is_dir():
-        raise GsvcError(f"{dest}: directory {parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=parent)
-    except OSError as e:
-        raise GsvcError(f"{dest}: cannot write ({e.strerror})") from None
-    os.close(fd)
-    return Path(tmp)
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when both paths name one file (the same path, or one file through a link)."""
-    pa, pb = Path(a), Path(b)
-    try:
-        if pa.exists() and pb.exists():
-            return os.path.samefile(pa, pb)
-        return pa.resolve() == pb.resolve()
-    except OSError:
-        return False
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail early, with one line, if ``path`` cannot be written; leaves nothing behind."""
-    _temp_beside(Path(path)).unlink()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only on success."""
-    dest = Path(path)
-    tmp_path = _temp_beside(dest)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
