@@ -1,11 +1,15 @@
 """Command line: gsvc encode | decode | info | eval (images and videos)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -13,13 +17,32 @@ from . import __version__
 from .errors import GsvcError
 
 
-def _fail(message: str) -> None:
-    click.echo(f"gsvc: error: {message}", err=True)
-    sys.exit(1)
+#: Exit statuses (README, "Exit codes").
+EXIT_FAILED = 1  # bad input data or a failed operation
+EXIT_USAGE = 2  # bad flags or values (click's own convention)
+EXIT_INTERNAL = 3  # a bug in gsvc
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by a closed pipe reports it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+ISSUES_URL = "https://github.com/gsvc-codec/gsvc/issues"
+
+
+def _fail(message: str, status: int = EXIT_FAILED) -> None:
+    click.echo(f"gsvc: {message}" if status == EXIT_INTERRUPTED else f"gsvc: error: {message}", err=True)
+    sys.exit(status)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``gsvc info x.gsv | head -1``): stop without a word.
+    stdout is pointed at /dev/null so that the interpreter's last flush cannot complain."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 class _Group(click.Group):
-    """Turns every expected failure into one line on stderr and exit status 1."""
+    """Turns every failure into one line on stderr and a documented exit status."""
 
     def invoke(self, ctx):
         from bitstream import StreamError
@@ -30,17 +53,20 @@ class _Group(click.Group):
             raise
         except (GsvcError, StreamError) as e:
             _fail(str(e))
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
             _fail(f"{where}{e.strerror or e}")
         except MemoryError:
-            _fail("out of memory (try fewer Gaussians or a smaller image)")
+            _fail("out of memory (try fewer Gaussians or a smaller picture)")
         except KeyboardInterrupt:
-            _fail("interrupted")
+            _fail("interrupted", EXIT_INTERRUPTED)
         except Exception as e:  # a bug: still one line, the traceback on request
             if os.environ.get("GSVC_DEBUG"):
                 raise
-            _fail(f"internal error: {type(e).__name__}: {e} (set GSVC_DEBUG=1 for a traceback)")
+            _fail(f"internal error: {type(e).__name__}: {e} (please report it at {ISSUES_URL}; "
+                  "GSVC_DEBUG=1 shows a traceback)", EXIT_INTERNAL)
 
 
 def _overwrite_options(f):
@@ -53,27 +79,120 @@ def _overwrite_options(f):
     return f
 
 
-def _claim_output(outputs: list[Path], source: Path, overwrite: bool | None) -> None:
-    """Refuse to write onto the input (even with -y) or over an existing file unless allowed."""
-    from .files import same_file
+#: The file name that means stdin (as an input) or stdout (as -o).
+STDIO = "-"
+
+
+def _is_stdio(path) -> bool:
+    return str(path) == STDIO
+
+
+def _is_stream_output(path) -> bool:
+    """stdout, or an existing special file (/dev/null, a FIFO): written once, in order,
+    from a finished temporary file; the format comes from --format, not an extension."""
+    from .files import is_special
+
+    return _is_stdio(path) or is_special(path)
+
+
+def _claim_output(outputs: list[Path], source, overwrite: bool | None) -> None:
+    """Refuse to write onto the input (even with -y) or over an existing file unless allowed.
+
+    Special files (/dev/null, a FIFO) are written in place and never count as existing.
+    """
+    from .files import is_special, same_file
 
     for out in outputs:
-        if same_file(out, source):
+        if not _is_stdio(source) and same_file(out, source):
             raise GsvcError(f"{out}: is the input file; choose another output")
         if out.is_dir():
             raise GsvcError(f"{out}: is a directory")
-    existing = [out for out in outputs if out.exists()]
+    _confirm_replace([out for out in outputs if out.exists() and not is_special(out)], overwrite)
+
+
+def _confirm_replace(existing: list[Path], overwrite: bool | None) -> None:
     if not existing or overwrite is True:
         return
-    what = str(existing[0]) if len(existing) == 1 else f"{existing[0]} and {len(existing) - 1} more files"
+    one = len(existing) == 1
+    what = str(existing[0]) if one else f"{existing[0]} and {len(existing) - 1} more files"
+    exist = "exists" if one else "exist"
     if overwrite is None and sys.stdin.isatty() and sys.stderr.isatty():
-        if click.confirm(f"gsvc: {what} already exists. Overwrite?", default=False, err=True):
+        if click.confirm(f"gsvc: {what} already {exist}. Overwrite?", default=False, err=True):
             return
         raise GsvcError(f"{what}: not overwritten")
-    raise GsvcError(f"{what}: already exists (use -y to overwrite)")
+    raise GsvcError(f"{what} already {exist} (use -y to overwrite)")
+
+
+def _stdin_bytes() -> bytes:
+    """All of stdin, for an input given as ``-``."""
+    if sys.stdin.isatty():
+        raise GsvcError("input -: stdin is a terminal; pipe or redirect a file into it")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise GsvcError("input -: stdin is empty")
+    return data
+
+
+@contextlib.contextmanager
+def _input_file(path: Path) -> Iterator[Path]:
+    """The input as a file: ``path`` itself, or stdin copied to a temporary file for ``-``
+    (media readers need a file); errors name it "stdin"."""
+    if not _is_stdio(path):
+        yield path
+        return
+    data = _stdin_bytes()
+    with tempfile.TemporaryDirectory(prefix="gsvc-") as folder:
+        tmp = Path(folder) / "stdin"
+        tmp.write_bytes(data)
+        try:
+            yield tmp
+        except GsvcError as e:
+            raise GsvcError(str(e).replace(str(tmp), "stdin")) from None
+
+
+@contextlib.contextmanager
+def _output_file(path: Path, suffix: str) -> Iterator[Path]:
+    """Where to write: ``path`` itself, or for stdout (``-``) and special files a
+    temporary file (named with ``suffix``, which picks the format) copied there once it
+    is complete."""
+    if not _is_stream_output(path):
+        yield path
+        return
+    if _is_stdio(path) and sys.stdout.isatty():
+        raise GsvcError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    with tempfile.TemporaryDirectory(prefix="gsvc-") as folder:
+        tmp = Path(folder) / f"output{suffix}"
+        yield tmp
+        with open(tmp, "rb") as f:
+            if _is_stdio(path):
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            else:
+                with open(path, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+
+
+def _frame_files_present(pattern: Path, count: int) -> list[Path]:
+    """Files of a frame pattern (f_%04d.png) numbered 1..count that exist already; found
+    by listing the folder once, so a stream that claims 2^24 frames costs nothing."""
+    import re
+
+    folder = pattern.parent if str(pattern.parent) else Path(".")
+    if not folder.is_dir():
+        return []
+    spec = re.search(r"%0?\d*d", pattern.name)
+    numbered = re.compile(re.escape(pattern.name[: spec.start()]) + r"(\d+)" + re.escape(pattern.name[spec.end():]))
+    present = []
+    for entry in os.scandir(folder):
+        match = numbered.fullmatch(entry.name)
+        if match and 1 <= int(match.group(1)) <= count and pattern.name % int(match.group(1)) == entry.name:
+            present.append(folder / entry.name)
+    return sorted(present)
 
 
 def _parse_counts(ctx, param, text: str | None) -> tuple[int, ...] | None:
+    from bitstream.limits import MAX_GAUSSIANS
+
     if text is None:
         return None
     try:
@@ -82,7 +201,33 @@ def _parse_counts(ctx, param, text: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter("expected comma-separated whole numbers, e.g. 5000,2000,2000") from None
     if not counts or min(counts) < 1:
         raise click.BadParameter("every layer needs at least one Gaussian")
+    if len(counts) > 255:
+        raise click.BadParameter(f"{len(counts)} layers: a stream holds at most 255")
+    if sum(counts) > MAX_GAUSSIANS:
+        raise click.BadParameter(f"{sum(counts):,} Gaussians in all: a picture holds at most {MAX_GAUSSIANS:,}")
     return counts
+
+
+def _finite(value: float) -> float:
+    if value != value:  # NaN passes click's range checks
+        raise click.BadParameter("not a number")
+    return value
+
+
+def _parse_size(ctx, param, text: str | None) -> tuple[int, int] | None:
+    from bitstream.limits import MAX_PIXELS, MAX_SIDE
+
+    from .media import parse_size
+
+    if text is None:
+        return None
+    try:
+        w, h = parse_size(text)
+    except GsvcError as e:
+        raise click.BadParameter(str(e).removeprefix("--size ")) from None
+    if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+        raise click.BadParameter(f"{text}: above the limit of {MAX_SIDE} pixels a side and {MAX_PIXELS:,} in all")
+    return w, h
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,14 +238,16 @@ def main() -> None:
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .gsv (default: INPUT with .gsv).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output .gsv (default: INPUT with .gsv; - writes to stdout).")
 @click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated (default scales 5000,2000,2000 at 768x512).")
 @click.option("--layers", type=click.IntRange(1, 255), help="Number of layers when --gaussians is not given (default 3).")
 @click.option("--iterations", type=click.IntRange(1), help="Training iterations in total (overrides --preset; video: per I-frame).")
 @click.option("--preset", type=click.Choice(["fast", "medium", "slow"]), default="medium", show_default=True)
 @click.option("--training", type=click.Choice(["joint", "sequential"]), default="joint", show_default=True,
               help="joint: P-GSVC (all layers every step); sequential: LIG-style baseline.")
-@click.option("--size", "size_text", metavar="WxH", help="Resize the input first (one side 0 keeps the aspect ratio).")
+@click.option("--size", metavar="WxH", callback=_parse_size,
+              help="Resize the input first (one side 0 keeps the aspect ratio).")
 @click.option("--frames", "max_frames", type=click.IntRange(1), help="Video: encode at most this many frames.")
 @click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
 @click.option("--gop", type=click.IntRange(1), help="Video: an I-frame at least every N frames (default 30; 1 = all I-frames).")
@@ -108,23 +255,33 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @_overwrite_options
-def encode(input, output, gaussians, layers, iterations, preset, training, size_text, max_frames, start, gop,
+def encode(input, output, gaussians, layers, iterations, preset, training, size, max_frames, start, gop,
            device, seed, quiet, overwrite):
-    """Fit layered Gaussians to an image or a video and write a .gsv stream."""
-    from .encoder import PRESETS, EncodeSettings, default_counts
-    from .files import check_writable
-    from .media import parse_size, probe_video
-    from .train import TrainSettings
-
+    """Fit layered Gaussians to an image or a video (INPUT; - reads stdin) and write a .gsv stream."""
     counts = gaussians
     if counts is not None and layers is not None and len(counts) != layers:
-        raise GsvcError(f"--layers {layers} disagrees with --gaussians ({len(counts)} layers)")
-    output = output or input.with_suffix(".gsv")
-    size = parse_size(size_text) if size_text else None
+        raise click.UsageError(f"--layers {layers} disagrees with --gaussians ({len(counts)} layers)")
+    if output is None:
+        if _is_stdio(input):
+            raise click.UsageError("reading stdin (-) needs -o (a file, or - for stdout)")
+        output = input.with_suffix(".gsv")
+    if not _is_stdio(output):
+        _claim_output([output], input, overwrite)
+        if output.suffix.lower() != ".gsv":
+            _note(f"{output}: a gsvc stream is written whatever the extension (.gsv is usual)")
+    with _input_file(input) as source, _output_file(output, ".gsv") as dest:
+        _encode(source, dest, counts, layers, iterations, preset, training, size, max_frames, start, gop,
+                device, seed, quiet, table_to_stderr=_is_stdio(output))
+
+
+def _encode(input, output, counts, layers, iterations, preset, training, size, max_frames, start, gop,
+            device, seed, quiet, table_to_stderr) -> None:
+    from .encoder import PRESETS, EncodeSettings, default_counts
+    from .files import check_writable
+    from .media import probe_video
+    from .train import TrainSettings
+
     video = probe_video(input)
-    _claim_output([output], input, overwrite)
-    if output.suffix.lower() != ".gsv":
-        _note(f"{output}: a gsvc stream is written whatever the extension (.gsv is usual)")
     check_writable(output)  # fail on an unwritable destination before minutes of training
 
     def settings_for(w: int, h: int) -> EncodeSettings:
@@ -135,19 +292,19 @@ def encode(input, output, gaussians, layers, iterations, preset, training, size_
         )
 
     if video is not None:
-        _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet)
+        _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet, table_to_stderr)
         return
     for flag, value in (("--frames", max_frames), ("--start", start or None), ("--gop", gop)):
         if value is not None:
             _note(f"{input} is a still picture: {flag} applies to videos only")
-    _encode_image(input, output, settings_for, size, quiet)
+    _encode_image(input, output, settings_for, size, quiet, table_to_stderr)
 
 
 def _note(message: str) -> None:
     click.echo(f"gsvc: note: {message}", err=True)
 
 
-def _encode_image(input, output, settings_for, size, quiet) -> None:
+def _encode_image(input, output, settings_for, size, quiet, table_to_stderr) -> None:
     from .decoder import decode_image, stream_info
     from .encoder import encode_image
     from .files import atomic_output
@@ -182,10 +339,10 @@ def _encode_image(input, output, settings_for, size, quiet) -> None:
         for row in info["layers"]:
             dec = decode_image(result.data, layers=row["index"])
             rows.append((row, psnr(dec, rgb)))
-        _print_table(rows)
+        _print_table(rows, table_to_stderr)
 
 
-def _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet) -> None:
+def _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet, table_to_stderr) -> None:
     from .decoder import stream_info
     from .files import atomic_output
     from .media import fit_size, read_video
@@ -229,12 +386,12 @@ def _encode_video(video, output, settings_for, size, max_frames, start, gop, qui
             n = totals.frames
             click.echo(f"  {t}-frames: mean {totals.bytes / n:.0f} bytes, mean PSNR {totals.psnr / n:.2f} dB, "
                        f"{totals.seconds / n:.1f} s/frame", err=True)
-    _print_table([(row, None) for row in info["layers"]])
+    _print_table([(row, None) for row in info["layers"]], table_to_stderr)
 
 
-def _print_table(rows) -> None:
+def _print_table(rows, to_stderr: bool = False) -> None:
     click.echo(f"{'layer':>5} {'gaussians':>9} {'bytes':>8} {'bpp':>7} {'cum. bytes':>10} {'cum. bpp':>8}"
-               + (f" {'PSNR dB':>8} {'gain dB':>7}" if rows and rows[0][1] is not None else ""))
+               + (f" {'PSNR dB':>8} {'gain dB':>7}" if rows and rows[0][1] is not None else ""), err=to_stderr)
     prev = None
     for row, value in rows:
         line = (f"{row['index']:>5} {row['gaussians']:>9} {row['bytes']:>8} {row['bpp']:>7.4f} "
@@ -243,59 +400,94 @@ def _print_table(rows) -> None:
             gain = "" if prev is None else f"{value - prev:+.2f}"
             line += f" {value:>8.2f} {gain:>7}"
             prev = value
-        click.echo(line)
+        click.echo(line, err=to_stderr)
+
+
+#: ``decode --format``: the container written to stdout (``-o -``), by extension.
+DECODE_FORMATS = ("png", "jpg", "mkv", "avi", "mp4", "mov")
 
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Image: .png, .jpg. Video: .mp4/.mov (H.264), .mkv/.avi (FFV1, lossless) or f_%04d.png.")
-@click.option("--layers", type=int, help="Decode only the first N layers (default: all).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Render at this multiple of the encoded size.")
+              help="Image: .png, .jpg. Video: .mp4/.mov (H.264), .mkv/.avi (FFV1, lossless) or f_%04d.png. "
+                   "- writes to stdout.")
+@click.option("--format", "fmt", type=click.Choice(DECODE_FORMATS),
+              help="With -o -: the format written to stdout (default png for images, mkv for videos).")
+@click.option("--layers", type=click.IntRange(1, 255), help="Decode only the first N layers (default: all).")
+@click.option("--scale", type=click.FloatRange(0, 1024, min_open=True), default=1.0, show_default=True,
+              callback=lambda ctx, param, v: _finite(v), help="Render at this multiple of the encoded size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @_overwrite_options
-def decode(input, output, layers, scale, device, overwrite):
-    """Decode a .gsv stream (optionally only its first layers) to an image or a video."""
+def decode(input, output, fmt, layers, scale, device, overwrite):
+    """Decode a .gsv stream (INPUT; - reads stdin), optionally only its first layers, to an image or a video."""
     from bitstream.layout import KIND_VIDEO
 
-    from .decoder import decode_image, open_video, stream_kind
-    from .files import check_input_file
-    from .media import IMAGE_WRITERS, check_video_output, is_frame_pattern, video_output, write_image
+    from .decoder import stream_kind
 
-    if layers is not None and layers < 1:
-        raise GsvcError(f"--layers must be at least 1 (got {layers})")
-    if stream_kind(check_input_file(input)) == KIND_VIDEO:
+    if fmt is not None and not _is_stream_output(output) and output.suffix.lower().lstrip(".") != fmt:
+        raise click.UsageError(f"--format {fmt} disagrees with -o {output} (the extension picks a file's format)")
+    source = _stdin_bytes() if _is_stdio(input) else _checked_input(input)
+    if stream_kind(source) == KIND_VIDEO:
+        _decode_video(source, input, output, fmt or "mkv", layers, scale, device, overwrite)
+    else:
+        _decode_image(source, input, output, fmt or "png", layers, scale, device, overwrite)
+
+
+def _checked_input(path: Path) -> Path:
+    from .files import check_input_file
+
+    return check_input_file(path)
+
+
+def _decode_image(source, input, output, fmt, layers, scale, device, overwrite) -> None:
+    from .decoder import decode_image
+    from .media import IMAGE_WRITERS, write_image
+
+    if fmt not in ("png", "jpg"):
+        raise click.UsageError(f"--format {fmt}: {input} is an image stream (use png or jpg)")
+    if not _is_stream_output(output):
+        if output.suffix.lower() not in IMAGE_WRITERS:
+            raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
+        _claim_output([output], input, overwrite)
+    rgb = decode_image(source, layers=layers, scale=scale, device=device)
+    with _output_file(output, f".{fmt}") as dest:
+        write_image(dest, rgb)
+
+
+def _decode_video(source, input, output, fmt, layers, scale, device, overwrite) -> None:
+    from .decoder import open_video, output_size
+    from .media import check_video_output, is_frame_pattern, video_output
+
+    if fmt in ("png", "jpg") and _is_stream_output(output):
+        raise click.UsageError(f"--format {fmt}: {input} is a video stream (use mkv, avi, mp4 or mov)")
+    if not _is_stream_output(output):
         check_video_output(output)
-        with open_video(input, layers) as reader:
-            if reader.frame_count == 0:
-                raise GsvcError(f"{input}: the stream holds no frames")
-            targets = ([Path(str(output) % i) for i in range(1, reader.frame_count + 1)]
-                       if is_frame_pattern(output) else [output])
-            _claim_output(targets, input, overwrite)
-            w, h = round(reader.width * scale), round(reader.height * scale)
-            with video_output(output, w, h, reader.fps, notice=_note) as write:
-                for frame in reader.frames(scale=scale, device=device):
-                    write(frame.rgb)
-        return
-    if output.suffix.lower() not in IMAGE_WRITERS:
-        raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
-    _claim_output([output], input, overwrite)
-    rgb = decode_image(input, layers=layers, scale=scale, device=device)
-    write_image(output, rgb)
+    with open_video(source, layers) as reader:
+        if reader.frame_count == 0:
+            raise GsvcError(f"{input}: the stream holds no frames")
+        w, h = output_size(reader.width, reader.height, scale)
+        if is_frame_pattern(output):
+            _claim_output(_frame_files_present(output, reader.frame_count), input, overwrite)
+        elif not _is_stream_output(output):
+            _claim_output([output], input, overwrite)
+        with _output_file(output, f".{fmt}") as dest, video_output(dest, w, h, reader.fps, notice=_note) as write:
+            for frame in reader.frames(scale=scale, device=device):
+                write(frame.rgb)
 
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(input, as_json):
-    """Show a stream's layers and their sizes."""
+    """Show a stream's layers and their sizes (INPUT; - reads stdin)."""
     from .decoder import stream_info
 
-    data = stream_info(input)
+    data = stream_info(_stdin_bytes() if _is_stdio(input) else input)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{input}: gsvc {data['kind']} (format {data['format_version']}), {data['width']}x{data['height']}, "
+    click.echo(f"{'stdin' if _is_stdio(input) else input}: gsvc {data['kind']} (format {data['format_version']}), {data['width']}x{data['height']}, "
                f"{len(data['layers'])} of {data['layers_encoded']} layers, {data['total_bytes']} bytes "
                f"({data['bpp']:.4f} bpp, header {data['header_bytes']} bytes)")
     if data["kind"] == "video":
@@ -321,15 +513,14 @@ def info(input, as_json):
 @click.option("--start", type=click.FloatRange(0), default=0.0,
               help="Video: the reference's frames from this time (seconds), as given to encode.")
 def eval_(stream, reference, as_json, repeats, start):
-    """Rate-distortion of every layer count: bytes, bpp, PSNR, MS-SSIM, decode speed."""
+    """Rate-distortion of every layer count: bytes, bpp, PSNR, MS-SSIM, decode speed (STREAM; - reads stdin)."""
     from bitstream.layout import KIND_VIDEO
 
     from .decoder import stream_kind
     from .evaluate import evaluate_stream
-    from .files import check_input_file
     from .media import read_image
 
-    data = check_input_file(stream).read_bytes()
+    data = _stdin_bytes() if _is_stdio(stream) else _checked_input(stream).read_bytes()
     if stream_kind(data) == KIND_VIDEO:
         _eval_video(stream, data, reference, as_json, start)
         return

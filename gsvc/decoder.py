@@ -5,6 +5,11 @@ chunks only, and renders them. Videos: ``open_video(source, layers=k)`` reads th
 headers; its ``frames()`` yields one decoded frame at a time, holding only the
 previous frame's Gaussians (layers 1..k) as the reference, and moves past the chunks
 of layers > k without reading them. ``stream_info`` describes either kind.
+
+On the CPU the decoder never imports torch: parameters stay numpy arrays and are drawn
+by the numba kernels (``render.render_array``); torch is loaded only for a GPU or the
+reference backend. Output size and rendering work are bounded before anything is drawn
+(MAX_PIXELS, MAX_RENDER_WORK), so a hostile stream cannot make a decoder run for minutes.
 """
 from __future__ import annotations
 
@@ -15,19 +20,30 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO, Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from bitstream import FORMAT_VERSION, StreamError
 from bitstream.layout import KIND_IMAGE, KIND_VIDEO, KINDS, Stream, read_stream
+from bitstream.limits import MAX_PIXELS
 from bitstream.video import FRAME_I, VideoFrame, VideoStream, open_video as _open_video, peek_kind
 
-from .device import resolve_device
 from .errors import GsvcError
 from .layer_codec import decode_intra, decode_predicted
-from .model import GaussianLayer, LayeredImage, concat
-from .quantize import PARAMS, dequantize
-from .render import default_backend, render
+from .params import PARAMS, dequantize_array
+from .render import RenderTooLarge, render_array
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import GaussianLayer, LayeredImage
+
+#: Most pixel-Gaussian pairs one decoded picture may evaluate (the summed areas of the
+#: Gaussians' pixel boxes, measured before drawing): 8.6e9, some 20 s on 2 cores
+#: (the kernel evaluates ~0.5e9 pairs/s there). Real streams stay far below: a 768x512
+#: picture of 9000 Gaussians is ~3e7, a 12 MP photo drawn at 2x a few 1e9.
+MAX_RENDER_WORK = 1 << 33
 
 CODER_NAME = "constriction-range-v1"
 Source = bytes | str | os.PathLike | BinaryIO
@@ -106,8 +122,11 @@ def _check_steps(steps: tuple[float, ...]) -> None:
         raise StreamError(f"corrupt stream: {len(steps)} quantizer steps, expected {len(PARAMS)}")
 
 
-def stream_to_model(stream: Stream) -> LayeredImage:
-    """Entropy-decode and dequantize every layer chunk of an image stream."""
+def stream_to_model(stream: Stream) -> "LayeredImage":
+    """Entropy-decode and dequantize every layer chunk of an image stream (torch layers)."""
+    from .model import LayeredImage
+    from .quantize import dequantize
+
     steps = stream.header.steps
     _check_steps(steps)
     layers = [dequantize(decode_intra(chunk.data, chunk.count), steps) for chunk in stream.layers]
@@ -121,13 +140,74 @@ def _check_request(layers: int | None, scale: float) -> None:
         raise GsvcError(f"scale must be a positive number (got {scale})")
 
 
-def render_layers(layers: list[GaussianLayer], width: int, height: int, scale: float,
-                  device: torch.device, backend: str) -> np.ndarray:  # [H', W', 3] uint8
-    g = concat([l.to(device) for l in layers])
-    h, w = round(height * scale), round(width * scale)
-    with torch.no_grad():
-        img = render(g.means, g.chol, g.colors, h, w, backend=backend, scale=scale).clamp(0.0, 1.0)
+def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The decoded picture's size at ``scale``; refuses an empty or an oversized one."""
+    w, h = round(width * scale), round(height * scale)
+    if w < 1 or h < 1:
+        raise GsvcError(f"scale {scale:g} makes the {width}x{height} picture {w}x{h}: too small to draw")
+    if w * h > MAX_PIXELS:
+        raise GsvcError(f"scale {scale:g} makes the {width}x{height} picture {w}x{h}, above the limit of "
+                        f"{MAX_PIXELS:,} pixels")
+    return w, h
+
+
+def _on_numba(device: str, backend: str | None) -> bool:
+    return device == "cpu" and backend in (None, "numba")
+
+
+def render_params(
+    layers: list[np.ndarray],  # k x [N_l, 8] float32 parameters (PARAMS order)
+    width: int,
+    height: int,
+    scale: float = 1.0,
+    device: str = "cpu",
+    backend: str | None = None,
+) -> np.ndarray:  # [H', W', 3] uint8
+    """Draw dequantized layers at ``scale`` x the encoded size (bounded, see module doc)."""
+    w, h = output_size(width, height, scale)
+    p = np.concatenate(layers, axis=0) if layers else np.zeros((0, 8), np.float32)
+    means, chol, colors = p[:, 0:2], p[:, 2:5], p[:, 5:8]
+    try:
+        if _on_numba(device, backend):
+            img = render_array(means, chol, colors, h, w, scale, max_work=MAX_RENDER_WORK)
+        else:
+            _check_work(means, chol, h, w, scale)
+            img = _render_torch(p, h, w, scale, device, backend)
+    except RenderTooLarge as e:
+        raise GsvcError(f"{e} (a stream this heavy is refused)") from None
     return to_uint8(img)
+
+
+def _check_work(means: np.ndarray, chol: np.ndarray, h: int, w: int, scale: float) -> None:
+    from .render import conics_from_chol
+    from .render.numba_kernels import box_work, pixel_boxes
+
+    f32 = np.float32
+    conics = np.ascontiguousarray(conics_from_chol(chol.astype(f32), scale), dtype=f32)
+    work = box_work(pixel_boxes(np.ascontiguousarray(means * f32(scale)), conics, h, w))
+    if work > MAX_RENDER_WORK:
+        raise RenderTooLarge(work, MAX_RENDER_WORK)
+
+
+def _render_torch(p: np.ndarray, h: int, w: int, scale: float, device: str, backend: str | None):
+    import torch
+
+    from .device import resolve_device
+    from .render import default_backend, render
+
+    dev = resolve_device(device)
+    t = torch.from_numpy(p).to(dev)
+    with torch.no_grad():
+        return render(t[:, 0:2], t[:, 2:5], t[:, 5:8], h, w, backend=backend or default_backend(dev), scale=scale)
+
+
+def render_layers(layers: list["GaussianLayer"], width: int, height: int, scale: float,
+                  device: "torch.device", backend: str) -> np.ndarray:  # [H', W', 3] uint8
+    """``render_params`` for torch layers (the video encoder's view of a decoded frame)."""
+    import torch
+
+    params = [torch.cat(l.tensors(), dim=1).detach().to("cpu", torch.float32).numpy() for l in layers]
+    return render_params(params, width, height, scale, device.type, backend)
 
 
 def decode_image(
@@ -142,14 +222,22 @@ def decode_image(
     stream = read(source, layers)
     if not stream.layers:
         raise GsvcError("stream holds no layers")
-    model = stream_to_model(stream)
-    dev = resolve_device(device)
-    return render_layers(model.layers, model.width, model.height, scale, dev, backend or default_backend(dev))
+    hdr = stream.header
+    output_size(hdr.width, hdr.height, scale)  # refuse before any entropy decoding
+    _check_steps(hdr.steps)
+    params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
+    return render_params(params, hdr.width, hdr.height, scale, device, backend)
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[H, W, 3] float in [0, 1] -> uint8 with round-half-up, as FORMAT.md fixes it."""
-    return np.floor(img.detach().to("cpu", torch.float32).numpy() * 255.0 + 0.5).astype(np.uint8)
+def to_uint8(img) -> np.ndarray:
+    """[H, W, 3] float in [0, 1] (numpy or torch) -> uint8 with round-half-up, as FORMAT.md
+    fixes it; values are clamped to [0, 1] first, and NaN (from a hostile stream) is 0."""
+    if not isinstance(img, np.ndarray):
+        import torch
+
+        img = img.detach().to("cpu", torch.float32).numpy()
+    img = np.nan_to_num(np.clip(img, 0.0, 1.0), nan=0.0)
+    return np.floor(img * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
 @dataclass
@@ -225,12 +313,11 @@ class VideoReader:
 
     def frames(self, scale: float = 1.0, device: str = "cpu", backend: str | None = None) -> Iterator[DecodedFrame]:
         _check_request(None, scale)
-        dev = resolve_device(device)
-        backend = backend or default_backend(dev)
+        output_size(self.width, self.height, scale)
         steps = self.stream.header.steps
         for frame, q in self.models():
-            layers = [dequantize(x, steps) for x in q]
-            rgb = render_layers(layers, self.width, self.height, scale, dev, backend)
+            params = [dequantize_array(x, steps) for x in q]
+            rgb = render_params(params, self.width, self.height, scale, device, backend)
             yield DecodedFrame(frame.header.frame, frame.type, rgb)
 
 

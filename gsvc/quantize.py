@@ -14,8 +14,7 @@ from torch import Tensor
 
 from .layer_codec import _from_intra_streams, _intra_streams, sort_intra
 from .model import GaussianLayer
-
-PARAMS = ("x", "y", "a", "b", "r", "red", "green", "blue")
+from .params import PARAMS, dequantize_array  # noqa: F401 (PARAMS re-exported)
 
 
 @dataclass(frozen=True)
@@ -97,8 +96,7 @@ def fake_quantize_predicted(
 
 
 def dequantize(q: np.ndarray, steps: tuple[float, ...]) -> GaussianLayer:
-    cols = torch.from_numpy(q.astype(np.float64) * np.asarray(steps, dtype=np.float64))
-    return _from_columns(cols.to(torch.float32))
+    return _from_columns(torch.from_numpy(dequantize_array(q, steps)))
 
 
 #: symbol streams of a sorted [N, 8] integer array (dy, x, a, b, r, red, green, blue) and back

@@ -396,7 +396,7 @@ def test_frame_pattern_outputs_are_not_overwritten(cli_stream):
     (d / "pat").mkdir(exist_ok=True)
     (d / "pat" / "g_0005.png").write_bytes(b"mine")
     code, _, err = run("decode", d / "clip.gsv", "-o", d / "pat" / "g_%04d.png")
-    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "g_0005.png already exists" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (d / "pat").iterdir()) == ["g_0005.png"]
     assert (d / "pat" / "g_0005.png").read_bytes() == b"mine"
     code, _, err = run("decode", d / "clip.gsv", "-o", d / "pat" / "g_%04d.png", "-y")

@@ -2,17 +2,22 @@
 
 A backend is a function ``rasterize_sum(means, conics, colors, height, width)``
 returning the unclamped [H, W, 3] sum, differentiable w.r.t. its three tensor inputs.
+``render_array`` draws numpy arrays with the numba kernels without importing torch
+(the decoder's path). Importing this package imports neither torch nor numba.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from .geometry import EPS, Q_MAX, bbox_radius, conics_from_chol, covariance
 
-Rasterizer = Callable[[Tensor, Tensor, Tensor, int, int], Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+Rasterizer = Callable[["Tensor", "Tensor", "Tensor", int, int], "Tensor"]
 
 BACKENDS = ("torch", "numba")
 
@@ -30,7 +35,7 @@ def get_backend(name: str) -> Rasterizer:
     raise ValueError(f"unknown render backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
-def default_backend(device: torch.device) -> str:
+def default_backend(device: "torch.device") -> str:
     """The fastest backend for ``device``: the numba kernel on CPU, torch on CUDA."""
     return "numba" if device.type == "cpu" else "torch"
 
@@ -49,7 +54,45 @@ def render(
     return get_backend(backend)(means * scale, conics, colors, height, width)
 
 
+def render_array(
+    means: np.ndarray,  # [N, 2]
+    chol: np.ndarray,  # [N, 3] log-Cholesky (a, b, r)
+    colors: np.ndarray,  # [N, 3]
+    height: int,
+    width: int,
+    scale: float = 1.0,
+    max_work: int | None = None,
+) -> np.ndarray:  # [H, W, 3] float32 unclamped
+    """``render`` with the numba backend on numpy arrays (float32 throughout).
+
+    ``max_work``: refuse (RenderTooLarge) a scene whose Gaussians would evaluate more
+    pixel-Gaussian pairs than this; the boxes are measured before any pixel is drawn.
+    """
+    from .numba_kernels import box_work, forward_sum, pixel_boxes
+
+    f32 = np.float32
+    m = np.ascontiguousarray(means, dtype=f32) * f32(scale)
+    c = np.ascontiguousarray(conics_from_chol(np.asarray(chol, dtype=f32), scale), dtype=f32)
+    col = np.ascontiguousarray(colors, dtype=f32)
+    boxes = pixel_boxes(m, c, height, width)
+    if max_work is not None:
+        work = box_work(boxes)
+        if work > max_work:
+            raise RenderTooLarge(work, max_work)
+    return forward_sum(m, c, col, height, width, boxes)
+
+
+class RenderTooLarge(ValueError):
+    """A scene whose rendering would exceed a work bound (pixel-Gaussian pairs)."""
+
+    def __init__(self, work: int, limit: int):
+        super().__init__(f"rendering needs {work:,} pixel-Gaussian evaluations, above the limit of {limit:,}")
+        self.work, self.limit = work, limit
+
+
 __all__ = [
+    "RenderTooLarge",
+    "render_array",
     "BACKENDS",
     "EPS",
     "Q_MAX",

@@ -11,14 +11,21 @@ Every backend draws the same picture; the equation is fixed by the format
     I(p)    = clamp(sum_i w_i(p) * c_i, 0, 1)
 
 Pixel (row y, column x) has its centre at p = (x + 0.5, y + 0.5); means are in
-pixels of the encoded resolution.
+pixels of the encoded resolution. The functions below take numpy arrays (the decoder,
+which never imports torch) or torch tensors, and do the same float operations on both.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Union
 
-import torch
-from torch import Tensor
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+#: numpy arrays (the decoder) or torch tensors (training): the same operations
+Array = Union[np.ndarray, "Tensor"]
 
 #: Isotropic footprint (pixels^2 of the output grid) added to every covariance, so that
 #: a Gaussian narrower than a pixel still covers a pixel centre (as in 3DGS / gsplat).
@@ -28,38 +35,49 @@ EPS = 0.3
 Q_MAX = 2.0 * math.log(255.0)
 
 
-def covariance(chol: Tensor, scale: float = 1.0) -> Tensor:
+def _lib(x: Array):
+    """numpy for an ndarray, torch for a tensor."""
+    if isinstance(x, np.ndarray):
+        return np
+    import torch
+
+    return torch
+
+
+def covariance(chol: Array, scale: float = 1.0) -> Array:
     """Covariance entries (s11, s12, s22) from log-Cholesky parameters.
 
     chol: [N, 3] holding (a, b, r): L = [[e^a, 0], [r e^b, e^b]].
     returns [N, 3].
     """
-    assert chol.dim() == 2 and chol.shape[1] == 3, chol.shape
-    l1 = torch.exp(chol[:, 0]) * scale
-    l3 = torch.exp(chol[:, 1]) * scale
+    assert chol.ndim == 2 and chol.shape[1] == 3, chol.shape
+    lib = _lib(chol)
+    l1 = lib.exp(chol[:, 0]) * scale
+    l3 = lib.exp(chol[:, 1]) * scale
     l2 = chol[:, 2] * l3
     s11 = l1 * l1 + EPS
     s12 = l1 * l2
     s22 = l2 * l2 + l3 * l3 + EPS
-    return torch.stack([s11, s12, s22], dim=-1)
+    return lib.stack([s11, s12, s22], -1)
 
 
-def conics_from_chol(chol: Tensor, scale: float = 1.0) -> Tensor:
+def conics_from_chol(chol: Array, scale: float = 1.0) -> Array:
     """Inverse covariance (ca, cb, cc) of each Gaussian: [N, 3] -> [N, 3]."""
     cov = covariance(chol, scale)
-    s11, s12, s22 = cov.unbind(-1)
+    s11, s12, s22 = cov[:, 0], cov[:, 1], cov[:, 2]
     det = s11 * s22 - s12 * s12
-    return torch.stack([s22 / det, -s12 / det, s11 / det], dim=-1)
+    return _lib(chol).stack([s22 / det, -s12 / det, s11 / det], -1)
 
 
-def bbox_radius(conics: Tensor) -> Tensor:
+def bbox_radius(conics: Array) -> Array:
     """Half-extent in x and y of the region where q <= Q_MAX: [N, 3] -> [N, 2].
 
     For the ellipse q(d) = Q_MAX the extreme |dx| is sqrt(Q_MAX * Sigma_11) and the
     extreme |dy| is sqrt(Q_MAX * Sigma_22), with Sigma = A^-1.
     """
-    ca, cb, cc = conics.unbind(-1)
+    ca, cb, cc = conics[:, 0], conics[:, 1], conics[:, 2]
     det = ca * cc - cb * cb
     sxx = cc / det
     syy = ca / det
-    return torch.stack([torch.sqrt(Q_MAX * sxx), torch.sqrt(Q_MAX * syy)], dim=-1)
+    lib = _lib(conics)
+    return lib.stack([lib.sqrt(Q_MAX * sxx), lib.sqrt(Q_MAX * syy)], -1)
