@@ -45,13 +45,15 @@ class _Group(click.Group):
     """Turns every failure into one line on stderr and a documented exit status."""
 
     def invoke(self, ctx):
-        from bitstream import StreamError
-
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (GsvcError, StreamError) as e:
+        except GsvcError as e:
+            _fail(str(e))
+        except ValueError as e:
+            if not _is_stream_error(e):
+                _internal_error(e)
             _fail(str(e))
         except BrokenPipeError:
             _quiet_broken_pipe()
@@ -62,11 +64,23 @@ class _Group(click.Group):
             _fail("out of memory (try fewer Gaussians or a smaller picture)")
         except KeyboardInterrupt:
             _fail("interrupted", EXIT_INTERRUPTED)
-        except Exception as e:  # a bug: still one line, the traceback on request
-            if os.environ.get("GSVC_DEBUG"):
-                raise
-            _fail(f"internal error: {type(e).__name__}: {e} (please report it at {ISSUES_URL}; "
-                  "GSVC_DEBUG=1 shows a traceback)", EXIT_INTERNAL)
+        except Exception as e:
+            _internal_error(e)
+
+
+def _is_stream_error(e: BaseException) -> bool:
+    """A bitstream.StreamError (looked up only if bitstream was loaded: then it can be one;
+    a flag error must not pay for importing it)."""
+    bitstream = sys.modules.get("bitstream")
+    return bitstream is not None and isinstance(e, bitstream.StreamError)
+
+
+def _internal_error(e: Exception) -> None:
+    """A bug: still one line and its own status; the traceback on request."""
+    if os.environ.get("GSVC_DEBUG"):
+        raise e
+    _fail(f"internal error: {type(e).__name__}: {e} (please report it at {ISSUES_URL}; "
+          "GSVC_DEBUG=1 shows a traceback)", EXIT_INTERNAL)
 
 
 def _overwrite_options(f):
