@@ -322,12 +322,10 @@ def _encode_image(input, output, settings_for, size, quiet, table_to_stderr) -> 
     from .decoder import decode_image, stream_info
     from .encoder import encode_image
     from .files import atomic_output
-    from .media import fit_size, read_image, resize
+    from .media import read_image
     from .metrics import psnr
 
-    rgb = read_image(input, notice=_note)
-    if size is not None:
-        rgb = resize(rgb, *fit_size(size, rgb.shape[1], rgb.shape[0]))
+    rgb = read_image(input, notice=_note, size=size)
     h, w = rgb.shape[:2]
     settings = settings_for(w, h)
     counts = settings.gaussians
@@ -372,7 +370,7 @@ def _encode_video(video, output, settings_for, size, max_frames, start, gop, qui
         estimate = max(0, estimate - round(start * float(video.fps)))
     if max_frames:
         estimate = min(estimate, max_frames) if estimate else max_frames
-    frames = read_video(video, start=start, max_frames=max_frames, size=size)
+    frames = read_video(video, start=start, max_frames=max_frames, size=size, notice=_note)
     begin = time.perf_counter()
     with atomic_output(output) as tmp, open(tmp, "wb") as out:
         if quiet:
@@ -431,9 +429,11 @@ DECODE_FORMATS = ("png", "jpg", "mkv", "avi", "mp4", "mov")
 @click.option("--layers", type=click.IntRange(1, 255), help="Decode only the first N layers (default: all).")
 @click.option("--scale", type=click.FloatRange(0, 1024, min_open=True), default=1.0, show_default=True,
               callback=lambda ctx, param, v: _finite(v), help="Render at this multiple of the encoded size.")
+@click.option("--size", metavar="WxH", callback=_parse_size,
+              help="Render at this size instead (one side 0 keeps the aspect ratio, e.g. 1536x0).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @_overwrite_options
-def decode(input, output, fmt, layers, scale, device, overwrite):
+def decode(input, output, fmt, layers, scale, size, device, overwrite):
     """Decode a .gsv stream (INPUT; - reads stdin), optionally only its first layers, to an image or a video."""
     from bitstream.layout import KIND_VIDEO
 
@@ -442,10 +442,12 @@ def decode(input, output, fmt, layers, scale, device, overwrite):
     if fmt is not None and not _is_stream_output(output) and output.suffix.lower().lstrip(".") != fmt:
         raise click.UsageError(f"--format {fmt} disagrees with -o {output} (the extension picks a file's format)")
     source = _stdin_bytes() if _is_stdio(input) else _checked_input(input)
+    if size is not None and scale != 1.0:
+        raise click.UsageError("give --scale or --size, not both")
     if stream_kind(source) == KIND_VIDEO:
-        _decode_video(source, input, output, fmt or "mkv", layers, scale, device, overwrite)
+        _decode_video(source, input, output, fmt or "mkv", layers, scale, size, device, overwrite)
     else:
-        _decode_image(source, input, output, fmt or "png", layers, scale, device, overwrite)
+        _decode_image(source, input, output, fmt or "png", layers, scale, size, device, overwrite)
 
 
 def _checked_input(path: Path) -> Path:
@@ -454,7 +456,7 @@ def _checked_input(path: Path) -> Path:
     return check_input_file(path)
 
 
-def _decode_image(source, input, output, fmt, layers, scale, device, overwrite) -> None:
+def _decode_image(source, input, output, fmt, layers, scale, size, device, overwrite) -> None:
     from .decoder import decode_image
     from .media import IMAGE_WRITERS, write_image
 
@@ -464,12 +466,12 @@ def _decode_image(source, input, output, fmt, layers, scale, device, overwrite) 
         if output.suffix.lower() not in IMAGE_WRITERS:
             raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
         _claim_output([output], input, overwrite)
-    rgb = decode_image(source, layers=layers, scale=scale, device=device)
+    rgb = decode_image(source, layers=layers, scale=scale, device=device, size=size)
     with _output_file(output, f".{fmt}") as dest:
         write_image(dest, rgb)
 
 
-def _decode_video(source, input, output, fmt, layers, scale, device, overwrite) -> None:
+def _decode_video(source, input, output, fmt, layers, scale, size, device, overwrite) -> None:
     from .decoder import open_video, output_size
     from .media import check_video_output, is_frame_pattern, video_output
 
@@ -480,13 +482,14 @@ def _decode_video(source, input, output, fmt, layers, scale, device, overwrite) 
     with open_video(source, layers) as reader:
         if reader.frame_count == 0:
             raise GsvcError(f"{input}: the stream holds no frames")
-        w, h = output_size(reader.width, reader.height, scale)
+        out = output_size(reader.width, reader.height, scale, size)
         if is_frame_pattern(output):
             _claim_output(_frame_files_present(output, reader.frame_count), input, overwrite)
         elif not _is_stream_output(output):
             _claim_output([output], input, overwrite)
-        with _output_file(output, f".{fmt}") as dest, video_output(dest, w, h, reader.fps, notice=_note) as write:
-            for frame in reader.frames(scale=scale, device=device):
+        with (_output_file(output, f".{fmt}") as dest,
+              video_output(dest, out.width, out.height, reader.fps, notice=_note) as write):
+            for frame in reader.frames(scale=scale, device=device, size=size):
                 write(frame.rgb)
 
 
@@ -571,7 +574,7 @@ def _eval_video(stream, data: bytes, reference, as_json: bool, start: float) -> 
               f"{size[0]}x{size[1]}, as encode --size does")
 
     def frames():
-        return read_video(ref, start=start, max_frames=info["frames"], size=size)
+        return read_video(ref, start=start, max_frames=info["frames"], size=size, notice=_note)
 
     result = evaluate_video(data, frames, reference_name=f"--reference {reference}")
     if as_json:

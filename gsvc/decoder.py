@@ -140,15 +140,41 @@ def _check_request(layers: int | None, scale: float) -> None:
         raise GsvcError(f"scale must be a positive number (got {scale})")
 
 
-def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """The decoded picture's size at ``scale``; refuses an empty or an oversized one."""
-    w, h = round(width * scale), round(height * scale)
+@dataclass(frozen=True)
+class Output:
+    """The decoded picture: its size and its scale per axis relative to the encoded size."""
+
+    width: int
+    height: int
+    sx: float
+    sy: float
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.sx, self.sy
+
+
+def output_size(width: int, height: int, scale: float = 1.0, size: tuple[int, int] | None = None) -> Output:
+    """The decoded picture for ``scale`` (round(scale * side)), or for ``size`` (W, H; one
+    side 0 keeps the aspect ratio); refuses an empty or an oversized picture."""
+    if size is not None:
+        w, h = size
+        if w == 0:
+            w = max(1, round(width * h / height))
+        if h == 0:
+            h = max(1, round(height * w / width))
+        what = f"size {w}x{h}"
+        sx, sy = w / width, h / height
+    else:
+        _check_request(None, scale)
+        w, h = round(width * scale), round(height * scale)
+        what = f"scale {scale:g} makes the {width}x{height} picture {w}x{h}"
+        sx = sy = float(scale)
     if w < 1 or h < 1:
-        raise GsvcError(f"scale {scale:g} makes the {width}x{height} picture {w}x{h}: too small to draw")
+        raise GsvcError(f"{what}: too small to draw")
     if w * h > MAX_PIXELS:
-        raise GsvcError(f"scale {scale:g} makes the {width}x{height} picture {w}x{h}, above the limit of "
-                        f"{MAX_PIXELS:,} pixels")
-    return w, h
+        raise GsvcError(f"{what}: above the limit of {MAX_PIXELS:,} pixels")
+    return Output(w, h, sx, sy)
 
 
 def _on_numba(device: str, backend: str | None) -> bool:
@@ -157,39 +183,37 @@ def _on_numba(device: str, backend: str | None) -> bool:
 
 def render_params(
     layers: list[np.ndarray],  # k x [N_l, 8] float32 parameters (PARAMS order)
-    width: int,
-    height: int,
-    scale: float = 1.0,
+    out: Output,
     device: str = "cpu",
     backend: str | None = None,
-) -> np.ndarray:  # [H', W', 3] uint8
-    """Draw dequantized layers at ``scale`` x the encoded size (bounded, see module doc)."""
-    w, h = output_size(width, height, scale)
+) -> np.ndarray:  # [out.height, out.width, 3] uint8
+    """Draw dequantized layers as the ``out`` picture (bounded, see module doc)."""
     p = np.concatenate(layers, axis=0) if layers else np.zeros((0, 8), np.float32)
     means, chol, colors = p[:, 0:2], p[:, 2:5], p[:, 5:8]
     try:
         if _on_numba(device, backend):
-            img = render_array(means, chol, colors, h, w, scale, max_work=MAX_RENDER_WORK)
+            img = render_array(means, chol, colors, out.height, out.width, out.scale, max_work=MAX_RENDER_WORK)
         else:
-            _check_work(means, chol, h, w, scale)
-            img = _render_torch(p, h, w, scale, device, backend)
+            _check_work(means, chol, out)
+            img = _render_torch(p, out, device, backend)
     except RenderTooLarge as e:
         raise GsvcError(f"{e} (a stream this heavy is refused)") from None
     return to_uint8(img)
 
 
-def _check_work(means: np.ndarray, chol: np.ndarray, h: int, w: int, scale: float) -> None:
+def _check_work(means: np.ndarray, chol: np.ndarray, out: Output) -> None:
     from .render import conics_from_chol
     from .render.numba_kernels import box_work, pixel_boxes
 
     f32 = np.float32
-    conics = np.ascontiguousarray(conics_from_chol(chol.astype(f32), scale), dtype=f32)
-    work = box_work(pixel_boxes(np.ascontiguousarray(means * f32(scale)), conics, h, w))
+    conics = np.ascontiguousarray(conics_from_chol(chol.astype(f32), out.scale), dtype=f32)
+    means = np.ascontiguousarray(means * np.asarray(out.scale, dtype=f32))
+    work = box_work(pixel_boxes(means, conics, out.height, out.width))
     if work > MAX_RENDER_WORK:
         raise RenderTooLarge(work, MAX_RENDER_WORK)
 
 
-def _render_torch(p: np.ndarray, h: int, w: int, scale: float, device: str, backend: str | None):
+def _render_torch(p: np.ndarray, out: Output, device: str, backend: str | None):
     import torch
 
     from .device import resolve_device
@@ -198,7 +222,8 @@ def _render_torch(p: np.ndarray, h: int, w: int, scale: float, device: str, back
     dev = resolve_device(device)
     t = torch.from_numpy(p).to(dev)
     with torch.no_grad():
-        return render(t[:, 0:2], t[:, 2:5], t[:, 5:8], h, w, backend=backend or default_backend(dev), scale=scale)
+        return render(t[:, 0:2], t[:, 2:5], t[:, 5:8], out.height, out.width,
+                      backend=backend or default_backend(dev), scale=out.scale)
 
 
 def render_layers(layers: list["GaussianLayer"], width: int, height: int, scale: float,
@@ -207,7 +232,7 @@ def render_layers(layers: list["GaussianLayer"], width: int, height: int, scale:
     import torch
 
     params = [torch.cat(l.tensors(), dim=1).detach().to("cpu", torch.float32).numpy() for l in layers]
-    return render_params(params, width, height, scale, device.type, backend)
+    return render_params(params, output_size(width, height, scale), device.type, backend)
 
 
 def decode_image(
@@ -216,17 +241,19 @@ def decode_image(
     scale: float = 1.0,
     device: str = "cpu",
     backend: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Decode the first ``layers`` layers (all when None) of an image stream to [H, W, 3] uint8."""
+    """Decode the first ``layers`` layers (all when None) of an image stream to [H, W, 3]
+    uint8, at ``scale`` x the encoded size or at ``size`` (W, H; one side 0 keeps the aspect)."""
     _check_request(layers, scale)
     stream = read(source, layers)
     if not stream.layers:
         raise GsvcError("stream holds no layers")
     hdr = stream.header
-    output_size(hdr.width, hdr.height, scale)  # refuse before any entropy decoding
+    out = output_size(hdr.width, hdr.height, scale, size)  # refused before any entropy decoding
     _check_steps(hdr.steps)
     params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
-    return render_params(params, hdr.width, hdr.height, scale, device, backend)
+    return render_params(params, out, device, backend)
 
 
 def to_uint8(img) -> np.ndarray:
@@ -311,13 +338,13 @@ class VideoReader:
             reference = q
             yield frame, q
 
-    def frames(self, scale: float = 1.0, device: str = "cpu", backend: str | None = None) -> Iterator[DecodedFrame]:
-        _check_request(None, scale)
-        output_size(self.width, self.height, scale)
+    def frames(self, scale: float = 1.0, device: str = "cpu", backend: str | None = None,
+               size: tuple[int, int] | None = None) -> Iterator[DecodedFrame]:
+        out = output_size(self.width, self.height, scale, size)
         steps = self.stream.header.steps
         for frame, q in self.models():
             params = [dequantize_array(x, steps) for x in q]
-            rgb = render_params(params, self.width, self.height, scale, device, backend)
+            rgb = render_params(params, out, device, backend)
             yield DecodedFrame(frame.header.frame, frame.type, rgb)
 
 
@@ -328,10 +355,11 @@ def open_video(source: Source, layers: int | None = None) -> VideoReader:
 
 
 def decode_video(source: Source, layers: int | None = None, scale: float = 1.0,
-                 device: str = "cpu", backend: str | None = None) -> list[np.ndarray]:
+                 device: str = "cpu", backend: str | None = None,
+                 size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Every frame of a video stream, decoded at ``layers`` layers (convenience: in memory)."""
     with open_video(source, layers) as reader:
-        return [f.rgb for f in reader.frames(scale, device, backend)]
+        return [f.rgb for f in reader.frames(scale, device, backend, size)]
 
 
 def stream_info(source: Source) -> dict:

@@ -1,17 +1,29 @@
-"""Picture and video input and output through PyAV (no Pillow), with atomic writes."""
+"""Picture and video input and output through PyAV (no Pillow), with atomic writes.
+
+Reading never crashes on a stranger's file: whatever goes wrong becomes one GsvcError
+line in plain words (FFmpeg's errno texts never reach the user), a source too large to
+decode in bounded memory is refused before FFmpeg allocates it, and a conversion that
+loses something (alpha, samples over 8 bits, CMYK) is told in one ``notice`` line.
+"""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from bitstream.limits import MAX_FPS, MAX_PIXELS, MAX_SIDE
+
 from .errors import GsvcError
 from .files import atomic_output, check_input_file
+
+Notice = Callable[[str], None]
 
 #: Output formats by file extension: (av codec, pixel format written).
 IMAGE_WRITERS = {
@@ -20,38 +32,284 @@ IMAGE_WRITERS = {
     ".jpeg": ("mjpeg", "yuvj444p"),
 }
 
-_PLAIN_RGB = {"rgb24"}
+#: Largest source picture or video frame read at all, in pixels (268 MP): four times
+#: what a stream holds, so that --size can shrink a 200 MP photo, and about FFmpeg's own
+#: ceiling for one frame. Decoding holds one whole source frame, so reading takes at most
+#: this many pixels times the source's bytes per pixel (a 200 MP JPEG: about 0.5 GB);
+#: FFmpeg (its max_pixels option) refuses anything larger before allocating it.
+MAX_SOURCE_PIXELS = 4 * MAX_PIXELS
+
+#: Codecs that draw text (ANSI art and the like) as video: a text file is no picture.
+_TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
 
 
-def read_image(path: str | os.PathLike, notice: Callable[[str], None] | None = None) -> np.ndarray:
-    """First frame of an image file as 8-bit RGB, [H, W, 3] uint8.
+# --- errors and limits ---------------------------------------------------------------
 
-    Grayscale, alpha and high-bit-depth inputs are converted, with a one-line notice.
-    """
+def _plain_reason(e: BaseException) -> str:
+    """What went wrong, in plain words: never FFmpeg's errno, call or file name."""
     import av
 
-    p = check_input_file(path)
+    for kind, reason in (
+        (av.error.InvalidDataError, "unrecognized or damaged data"),
+        (av.error.EOFError, "the file ends early: empty or cut short"),
+        (av.error.DecoderNotFoundError, "FFmpeg has no decoder for its codec"),
+        ((av.error.PatchWelcomeError, av.error.NotImplementedError), "it uses a feature FFmpeg does not support"),
+        (av.error.MemoryError, "out of memory"),
+        (av.error.PermissionError, "permission denied"),
+    ):
+        if isinstance(e, kind):
+            return reason
+    if isinstance(e, av.error.FFmpegError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    return "damaged or unsupported data"
+
+
+@contextlib.contextmanager
+def _plain_errors(path: Path, failure: str | Callable[[], str]) -> Iterator[None]:
+    """Turn PyAV's exceptions inside the block into one line: "PATH: FAILURE (reason)"."""
+    import av
+
     try:
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise GsvcError(f"{p}: not an image (no picture in it)")
-            frame = next(container.decode(video=0), None)
-            if frame is None:
-                raise GsvcError(f"{p}: not an image (no picture could be decoded)")
-            source_format = frame.format.name
-            rgb = frame.to_ndarray(format="rgb24")
-    except GsvcError:
-        raise
-    except (av.error.FFmpegError, StopIteration, ValueError) as e:
-        raise GsvcError(f"{p}: not an image gsvc can read ({_first_line(e)})") from None
-    if source_format not in _PLAIN_RGB and notice is not None:
-        notice(f"{p}: converted {source_format} to 8-bit RGB")
-    return np.ascontiguousarray(rgb)
+        yield
+    except (av.error.FFmpegError, ValueError, IndexError) as e:
+        what = failure() if callable(failure) else failure
+        raise GsvcError(f"{path}: {what} ({_plain_reason(e)})") from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+def _encodable(width: int, height: int) -> bool:
+    return width * height <= MAX_PIXELS and max(width, height) <= MAX_SIDE
+
+
+def _size_within_limits(width: int, height: int) -> str:
+    """The largest --size value (WIDTHx0: the aspect kept) that a stream holds."""
+    scale = min(math.sqrt(MAX_PIXELS / (width * height)), MAX_SIDE / max(width, height))
+    w = max(1, math.floor(width * scale))
+    while w > 1 and not _encodable(*fit_size((w, 0), width, height)):
+        w -= 1
+    return f"{w}x0"
+
+
+def check_encodable(path: str | os.PathLike, width: int, height: int, resized: bool = False) -> None:
+    """Fail, naming the limits, when a width x height picture is more than a stream holds;
+    ``resized``: the size came from --size."""
+    if _encodable(width, height):
+        return
+    hint = ("choose a smaller --size" if resized
+            else f"give --size to encode it smaller, e.g. --size {_size_within_limits(width, height)}")
+    raise GsvcError(f"{path}: {width}x{height} ({_megapixels(width * height)}) is more than gsvc encodes: at most "
+                    f"{MAX_PIXELS:,} pixels ({MAX_PIXELS // 10**6} MP) and {MAX_SIDE} a side; {hint}")
+
+
+def _check_source_size(path: Path, width: int, height: int) -> None:
+    """Fail when a source is too large to decode in bounded memory (MAX_SOURCE_PIXELS)."""
+    if width * height > MAX_SOURCE_PIXELS:
+        raise GsvcError(f"{path}: {width}x{height} ({_megapixels(width * height)}) is too large to read: gsvc "
+                        f"decodes at most {MAX_SOURCE_PIXELS:,} pixels ({MAX_SOURCE_PIXELS // 10**6} MP); "
+                        f"shrink it with another tool first")
+
+
+# --- what a file's own header says ---------------------------------------------------
+
+@dataclass(frozen=True)
+class _FileHeader:
+    """What a PNG's or JPEG's own header says, read without decoding (zeros: unknown)."""
+
+    width: int = 0
+    height: int = 0
+    #: EXIF orientation, 1..8 (1: the rows are stored upright)
+    orientation: int = 1
+    #: four colour components: a CMYK (or YCCK) JPEG
+    cmyk: bool = False
+
+    @property
+    def turned(self) -> bool:
+        """Stored on its side (EXIF orientations 5-8): width and height swap."""
+        return self.orientation >= 5
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: JPEG start-of-frame markers (every coding process): their segment holds the size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_APP1 = 0xE1
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def _read_file_header(path: Path) -> _FileHeader:
+    """The size of a PNG (IHDR) or JPEG, and a JPEG's EXIF orientation and colour space."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+            return _FileHeader(width, height)
+        if head.startswith(b"\xff\xd8"):
+            f.seek(2)
+            return _read_jpeg_header(f)
+    return _FileHeader()
+
+
+def _read_jpeg_header(f: BinaryIO) -> _FileHeader:
+    """Frame size, component count and EXIF orientation from a JPEG's marker segments."""
+    width = height = components = 0
+    orientation = None
+    for marker, payload in _jpeg_segments(f):
+        if marker == _JPEG_APP1 and payload.startswith(b"Exif\0\0") and orientation is None:
+            orientation = _exif_orientation(payload[6:])
+        elif marker in _JPEG_SOF and len(payload) >= 6 and not components:
+            height, width = struct.unpack(">HH", payload[1:5])
+            components = payload[5]
+    return _FileHeader(width, height, orientation or 1, components == 4)
+
+
+def _jpeg_segments(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(marker, payload) of each JPEG segment after SOI, up to the first scan; stops
+    quietly at anything odd (FFmpeg then says what is wrong)."""
+    while f.read(1) == b"\xff":
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):  # end of image, start of scan
+            return
+        if marker[0] == 0x01 or 0xD0 <= marker[0] <= 0xD8:  # TEM, RSTn, SOI: no payload
+            continue
+        length = int.from_bytes(f.read(2), "big")
+        if length < 2:
+            return
+        yield marker[0], f.read(length - 2)
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag of an EXIF block's first IFD (a TIFF header and directory);
+    1 when absent or damaged."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (entries,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(entries):
+            tag, kind, _count, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == _EXIF_ORIENTATION_TAG:
+                return value if kind == 3 and 1 <= value <= 8 else 1  # kind 3: SHORT
+    except struct.error:
+        pass
+    return 1
+
+
+#: Axes to flip for EXIF orientations 1-4; 5-8 are the same after a transpose.
+_ORIENTATION_FLIPS = {1: (), 2: (1,), 3: (0, 1), 4: (0,)}
+
+
+def _upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """The picture as meant to be seen, from its stored rows and EXIF orientation
+    (2 mirrored, 3 upside down, 4 flipped; 5-8 the same about the diagonal, 6 and 8
+    being turns of 90 degrees)."""
+    if orientation >= 5:
+        rgb = rgb.transpose(1, 0, 2)
+        orientation -= 4
+    axes = _ORIENTATION_FLIPS[orientation]
+    return np.ascontiguousarray(np.flip(rgb, axes) if axes else rgb)
+
+
+# --- opening and converting ----------------------------------------------------------
+
+def _open_input(path: Path):
+    """av.open with FFmpeg's own cap on picture size, so that probing a file never
+    decodes a picture over MAX_SOURCE_PIXELS."""
+    import av
+
+    return av.open(str(path), options={"max_pixels": str(MAX_SOURCE_PIXELS)})
+
+
+def _picture_stream(container, path: Path):
+    """The first video stream, its decoder capped at MAX_SOURCE_PIXELS; fails when there
+    is none, when FFmpeg cannot decode it, or when it is text drawn as video."""
+    if not container.streams.video:
+        raise GsvcError(f"{path}: no video or picture in it")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    if codec is None:
+        raise GsvcError(f"{path}: FFmpeg has no decoder for its picture codec")
+    if codec.name in _TEXT_CODECS:
+        raise GsvcError(f"{path}: a text file, not a picture or video")
+    codec.options = {"max_pixels": str(MAX_SOURCE_PIXELS)}
+    return stream
+
+
+def _known_size(stream, path: Path) -> tuple[int, int]:
+    """The stream's picture size; fails when FFmpeg could not tell it (or refused it)."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not width or not height:
+        raise GsvcError(f"{path}: cannot tell the picture size (damaged, or more than the "
+                        f"{MAX_SOURCE_PIXELS // 10**6} MP gsvc reads)")
+    _check_source_size(path, width, height)
+    return width, height
+
+
+#: What a frame is converted to, by (samples over 8 bits, has alpha or a palette).
+_WORKING_FORMATS = {(False, False): "rgb24", (False, True): "rgba", (True, False): "rgb48le", (True, True): "rgba64le"}
+
+
+def _to_rgb(frame, width: int, height: int) -> tuple[np.ndarray, list[str]]:
+    """The frame as [height, width, 3] uint8 RGB (area filter), and what converting lost:
+    samples over 8 bits (rounded to 8 here, exactly), or transparency that was there
+    (alpha not everywhere opaque)."""
+    fmt = frame.format
+    bits = max(c.bits for c in fmt.components)
+    alpha = fmt.has_palette or any(c.is_alpha for c in fmt.components)
+    working = _WORKING_FORMATS[bits > 8, alpha]
+    samples = frame.reformat(width=width, height=height, format=working, interpolation="AREA").to_ndarray()
+    losses = []
+    if bits > 8:
+        samples = ((samples.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        losses.append(f"{bits}-bit samples reduced to 8 bits")
+    if alpha and samples[..., 3].min() < 255:
+        losses.append("transparency (alpha) dropped")
+    return np.ascontiguousarray(samples[..., :3]), losses
+
+
+# --- pictures ------------------------------------------------------------------------
+
+def _output_size(path: Path, stored_width: int, stored_height: int, turned: bool,
+                 size: tuple[int, int] | None) -> tuple[int, int]:
+    """The upright size read_image returns for a picture stored at the given size (on its
+    side when ``turned``); fails when a stream cannot hold it."""
+    width, height = fit_size(size, *((stored_height, stored_width) if turned else (stored_width, stored_height)))
+    check_encodable(path, width, height, resized=size is not None)
+    return width, height
+
+
+def read_image(path: str | os.PathLike, notice: Notice | None = None,
+               size: tuple[int, int] | None = None) -> np.ndarray:
+    """First picture of an image file as upright 8-bit RGB, [H, W, 3] uint8, resized
+    (area filter) to ``size`` (``--size``: one side 0 keeps the aspect) when given.
+
+    A JPEG's EXIF orientation is applied. Conversions that lose something (alpha,
+    samples over 8 bits, CMYK) are told in one ``notice`` line; lossless ones (gray,
+    palette, YUV) are silent. The result must fit a stream (MAX_PIXELS); the source may
+    be up to MAX_SOURCE_PIXELS. Anything else fails with one GsvcError line.
+    """
+    p = check_input_file(path)
+    header = _read_file_header(p)
+    if header.width and header.height:  # fail before decoding anything
+        _check_source_size(p, header.width, header.height)
+        _output_size(p, header.width, header.height, header.turned, size)
+    with _plain_errors(p, "not an image gsvc can read"), _open_input(p) as container:
+        stream = _picture_stream(container, p)
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise GsvcError(f"{p}: not an image (no picture could be decoded)")
+        width, height = _output_size(p, frame.width, frame.height, header.turned, size)
+        rgb, losses = _to_rgb(frame, *((height, width) if header.turned else (width, height)))
+    if header.cmyk:
+        losses.append("CMYK converted to RGB")
+    if losses and notice is not None:
+        notice(f"{p}: converted to 8-bit RGB: {', '.join(losses)}")
+    return _upright(rgb, header.orientation)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
@@ -79,6 +337,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95
                 out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
+
 
 
 # --- video ---------------------------------------------------------------------------
@@ -115,30 +374,32 @@ def _is_image_container(container) -> bool:
     return name in _IMAGE_DEMUXERS or name.endswith("_pipe")  # png_pipe, jpeg_pipe, ... (y4m is "yuv4mpegpipe")
 
 
+def _frame_rate(stream) -> Fraction:
+    """Frames per second: the stream's average rate (its frames over its duration, which is
+    also what a variable-rate video plays at on average), else FFmpeg's guess, else 25."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and Fraction(1, MAX_FPS) <= rate <= MAX_FPS:
+            return Fraction(rate)
+    return Fraction(25)
+
+
+def _duration(container, stream) -> float:
+    """Seconds, as the stream (else the container) states it; 0 when unknown."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else 0.0
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo | None:
     """The video's properties, or None when the file is a still picture."""
-    import av
-
     p = check_input_file(path)
-    try:
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise GsvcError(f"{p}: no video or picture in it")
-            if _is_image_container(container):
-                return None
-            s = container.streams.video[0]
-            fps = s.average_rate or s.guessed_rate or s.base_rate
-            if not fps or fps <= 0:
-                fps = Fraction(25)
-            duration = float(s.duration * s.time_base) if s.duration and s.time_base else 0.0
-            if not duration and container.duration:
-                duration = container.duration / 1e6
-            return VideoInfo(p, s.codec_context.width, s.codec_context.height, Fraction(fps), s.frames or 0,
-                             duration, bool(container.streams.audio))
-    except GsvcError:
-        raise
-    except (av.error.FFmpegError, ValueError, IndexError) as e:
-        raise GsvcError(f"{p}: not a picture or video gsvc can read ({_first_line(e)})") from None
+    with _plain_errors(p, "not a picture or video gsvc can read"), _open_input(p) as container:
+        stream = _picture_stream(container, p)
+        if _is_image_container(container):
+            return None
+        width, height = _known_size(stream, p)
+        return VideoInfo(p, width, height, _frame_rate(stream), stream.frames or 0, _duration(container, stream),
+                         bool(container.streams.audio))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -164,36 +425,94 @@ def fit_size(size: tuple[int, int] | None, width: int, height: int) -> tuple[int
     return w, h
 
 
-def read_video(
-    info: VideoInfo, start: float = 0.0, max_frames: int | None = None, size: tuple[int, int] | None = None
-) -> Iterator[np.ndarray]:
-    """Decode frames one at a time as [H, W, 3] uint8 RGB, from ``start`` seconds on,
-    resized (area filter) to ``size`` when given."""
+@dataclass
+class _Damage:
+    """What reading a video lost: packets the decoder rejected, frames never found."""
+
+    skipped: int = 0
+    first_time: float | None = None  # seconds, of the first skipped packet
+    missing: int = 0  # frames the container states beyond those read or skipped
+
+    def skip(self, packet) -> None:
+        if self.skipped == 0 and packet.pts is not None and packet.time_base:
+            self.first_time = float(packet.pts * packet.time_base)
+        self.skipped += 1
+
+    def note(self, path: Path, stated: int) -> str | None:
+        """One line saying what was lost, or None when nothing was."""
+        parts = []
+        if self.skipped:
+            where = f" (the first at {self.first_time:.2f} s)" if self.first_time is not None else ""
+            parts.append(f"skipped {self.skipped} damaged frame{'s' if self.skipped != 1 else ''} "
+                         f"that could not be decoded{where}")
+        if self.missing:
+            parts.append(f"the file lacks {self.missing} of the {stated} frames it states (damaged or cut short)")
+        return f"{path}: {'; '.join(parts)}" if parts else None
+
+
+def _decoded_frames(container, stream, damage: _Damage) -> Iterator:
+    """The stream's frames in order; a packet the decoder rejects as damaged is skipped
+    (and counted in ``damage``) instead of ending the video."""
     import av
 
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            damage.skip(packet)
+            continue
+        yield from frames
+
+
+def _no_frames(info: VideoInfo, start: float, damage: _Damage) -> GsvcError:
+    if damage.skipped:
+        return GsvcError(f"{info.path}: no frame could be decoded ({damage.skipped} damaged)")
+    if start > 0:
+        length = f" (the video is {info.duration:.2f} s long)" if info.duration else ""
+        return GsvcError(f"{info.path}: no frames from --start {start:g} s on{length}")
+    return GsvcError(f"{info.path}: the video has no frames")
+
+
+def read_video(
+    info: VideoInfo, start: float = 0.0, max_frames: int | None = None, size: tuple[int, int] | None = None,
+    notice: Notice | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode frames one at a time as [H, W, 3] uint8 RGB, from ``start`` seconds on,
+    resized (area filter) to ``size`` when given.
+
+    Every decoded frame is yielded once, in order, whatever its timestamp (none dropped
+    or repeated onto a constant-rate grid): a variable-rate video keeps its frame count,
+    and ``info.fps`` is its average rate. Frames the decoder rejects as damaged are
+    skipped; they, and frames the container states but the file lacks, are told in one
+    ``notice`` line at the end. No frame at all fails.
+    """
     width, height = fit_size(size, info.width, info.height)
+    check_encodable(info.path, width, height, resized=size is not None)
+    damage = _Damage()
     count = 0
-    try:
-        with av.open(str(info.path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            if start > 0 and stream.time_base:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-            index = 0
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else index / float(info.fps)
-                index += 1
-                if t < start - 0.5 / float(info.fps):
-                    continue
-                if max_frames is not None and count >= max_frames:
-                    return
-                out = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-                count += 1
-                yield np.ascontiguousarray(out.to_ndarray())
-    except GsvcError:
-        raise
-    except (av.error.FFmpegError, ValueError) as e:
-        raise GsvcError(f"{info.path}: cannot decode frame {count} ({_first_line(e)})") from None
+    with (_plain_errors(info.path, lambda: f"cannot decode the video after frame {count}"),
+          _open_input(info.path) as container):
+        stream = _picture_stream(container, info.path)
+        stream.thread_type = "AUTO"
+        if start > 0 and stream.time_base:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+        for index, frame in enumerate(_decoded_frames(container, stream, damage)):
+            t = frame.time if frame.time is not None else index / float(info.fps)
+            if t < start - 0.5 / float(info.fps):
+                continue
+            if max_frames is not None and count >= max_frames:
+                break
+            out = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+            count += 1
+            yield np.ascontiguousarray(out.to_ndarray())
+        else:  # read to the end: are frames the container states missing?
+            if start <= 0 and info.frames:
+                damage.missing = max(0, info.frames - count - damage.skipped)
+    if count == 0 and max_frames != 0:
+        raise _no_frames(info, start, damage)
+    note = damage.note(info.path, info.frames)
+    if note and notice is not None:
+        notice(note)
 
 
 def is_frame_pattern(path: str | os.PathLike) -> bool:
@@ -232,6 +551,8 @@ def video_output(path: str | os.PathLike, width: int, height: int, fps: Fraction
         pix_fmt = "yuv444p"  # 4:2:0 needs even sizes; keep every pixel instead of cropping
         if notice:
             notice(f"{dest}: odd frame size {width}x{height}, written as H.264 4:4:4")
+    if codec == "ffv1" and width == 1:
+        options = {**options, "level": "1"}  # FFV1's sliced levels cannot open a 1-pixel-wide frame
     with atomic_output(dest) as tmp:
         with av.open(str(tmp), "w") as out:
             stream = out.add_stream(codec, rate=fps, options=dict(options))
@@ -274,6 +595,7 @@ def _frame_files(pattern: Path) -> Iterator[Callable[[np.ndarray], None]]:
             with contextlib.suppress(OSError):
                 p.unlink()
         raise
+
 
 
 def read_video_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], Fraction]:

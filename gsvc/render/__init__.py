@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .geometry import EPS, Q_MAX, bbox_radius, conics_from_chol, covariance
+from .geometry import (
+    EPS,
+    Q_MAX,
+    SUPERSAMPLE_BELOW,
+    Scale,
+    bbox_radius,
+    conics_from_chol,
+    covariance,
+    scale_xy,
+    supersampling,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -47,11 +57,20 @@ def render(
     height: int,
     width: int,
     backend: str = "torch",
-    scale: float = 1.0,
+    scale: Scale = 1.0,
 ) -> Tensor:  # [H, W, 3] unclamped
-    """Render Gaussians given in encoded-resolution pixels at ``scale`` x that size."""
-    conics = conics_from_chol(chol, scale)
-    return get_backend(backend)(means * scale, conics, colors, height, width)
+    """Render Gaussians given in encoded-resolution pixels at ``scale`` x that size
+    (a number, or (sx, sy)), supersampled where it shrinks (geometry.py)."""
+    rasterize = get_backend(backend)
+
+    def draw(h: int, w: int, s: Scale, top: int = 0) -> Tensor:
+        sx, sy = scale_xy(s)
+        m = means if (sx, sy) == (1.0, 1.0) else means * means.new_tensor([sx, sy])
+        if top:
+            m = m - m.new_tensor([0.0, float(top)])
+        return rasterize(m, conics_from_chol(chol, s), colors, h, w)
+
+    return _box_filtered(draw, height, width, scale)
 
 
 def render_array(
@@ -60,7 +79,7 @@ def render_array(
     colors: np.ndarray,  # [N, 3]
     height: int,
     width: int,
-    scale: float = 1.0,
+    scale: Scale = 1.0,
     max_work: int | None = None,
 ) -> np.ndarray:  # [H, W, 3] float32 unclamped
     """``render`` with the numba backend on numpy arrays (float32 throughout).
@@ -71,15 +90,54 @@ def render_array(
     from .numba_kernels import box_work, forward_sum, pixel_boxes
 
     f32 = np.float32
-    m = np.ascontiguousarray(means, dtype=f32) * f32(scale)
-    c = np.ascontiguousarray(conics_from_chol(np.asarray(chol, dtype=f32), scale), dtype=f32)
+    chol = np.asarray(chol, dtype=f32)
     col = np.ascontiguousarray(colors, dtype=f32)
-    boxes = pixel_boxes(m, c, height, width)
-    if max_work is not None:
-        work = box_work(boxes)
-        if work > max_work:
-            raise RenderTooLarge(work, max_work)
-    return forward_sum(m, c, col, height, width, boxes)
+    spent = 0  # pixel-Gaussian pairs of the bands drawn so far
+
+    def draw(h: int, w: int, s: Scale, top: int = 0) -> np.ndarray:
+        nonlocal spent
+        m = np.asarray(means, dtype=f32) * np.asarray(scale_xy(s), dtype=f32)
+        if top:
+            m = m - np.asarray([0.0, top], dtype=f32)
+        m = np.ascontiguousarray(m)
+        c = np.ascontiguousarray(conics_from_chol(chol, s), dtype=f32)
+        boxes = pixel_boxes(m, c, h, w)
+        if max_work is not None:
+            spent += box_work(boxes)
+            if spent > max_work:
+                raise RenderTooLarge(spent, max_work)
+        return forward_sum(m, c, col, h, w, boxes)
+
+    return _box_filtered(draw, height, width, scale)
+
+
+#: Supersampled pictures are drawn in bands of output rows of at most this many samples.
+BAND_SAMPLES = 1 << 24
+
+
+def _box_filtered(draw: Callable, height: int, width: int, scale: Scale):
+    """``draw(height, width, scale, top)``, or where an axis shrinks below SUPERSAMPLE_BELOW
+    the mean of m x m samples drawn at m times the scale, each clamped to [0, 1] as a
+    pixel of that finer picture would be (geometry.supersampling). The finer picture is
+    drawn in bands (``top``: its first sample row), so memory stays bounded."""
+    mx, my = supersampling(scale)
+    if (mx, my) == (1, 1):
+        return draw(height, width, scale)
+    sx, sy = scale_xy(scale)
+    fine_scale = (sx * mx, sy * my)
+    rows = max(1, BAND_SAMPLES // max(1, width * mx * mx * my * my))  # output rows per band
+    bands = []
+    for y0 in range(0, height, rows):
+        h = min(rows, height - y0)
+        fine = draw(h * my, width * mx, fine_scale, y0 * my).clip(0.0, 1.0)  # [h * my, W * mx, 3]
+        bands.append(fine.reshape(h, my, width, mx, 3).mean((1, 3)))
+    if len(bands) == 1:
+        return bands[0]
+    if isinstance(bands[0], np.ndarray):
+        return np.concatenate(bands)
+    import torch
+
+    return torch.cat(bands, dim=0)
 
 
 class RenderTooLarge(ValueError):
@@ -96,10 +154,14 @@ __all__ = [
     "BACKENDS",
     "EPS",
     "Q_MAX",
+    "SUPERSAMPLE_BELOW",
+    "Scale",
     "bbox_radius",
     "conics_from_chol",
     "covariance",
     "default_backend",
     "get_backend",
     "render",
+    "scale_xy",
+    "supersampling",
 ]

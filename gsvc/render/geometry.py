@@ -1,14 +1,22 @@
 """Shared geometry of the additive Gaussian renderer.
 
 Every backend draws the same picture; the equation is fixed by the format
-(bitstream/FORMAT.md, "Render equation") and lives here once:
+(bitstream/FORMAT.md, "Render equation") and lives here once. At scale
+S = diag(sx, sy) of the encoded size (sx = sy = s for --scale):
 
-    Sigma_i = s^2 * L_i L_i^T + EPS * I                      (s: render scale)
     L_i     = [[exp(a_i), 0], [r_i * exp(b_i), exp(b_i)]]    (Cholesky factor)
+    Sigma_i = S (L_i L_i^T + EPS * I) S
     A_i     = Sigma_i^-1 = [[ca, cb], [cb, cc]]              ("conic")
-    q_i(p)  = ca*dx^2 + 2*cb*dx*dy + cc*dy^2,  (dx, dy) = p - s*mu_i
+    q_i(p)  = ca*dx^2 + 2*cb*dx*dy + cc*dy^2,  (dx, dy) = p - S mu_i
     w_i(p)  = exp(-q_i(p) / 2)  if q_i(p) <= Q_MAX  else 0
     I(p)    = clamp(sum_i w_i(p) * c_i, 0, 1)
+
+At scale 1 this is the picture the encoder fitted. Scaled, each Gaussian is the fitted
+one stretched with the picture, footprint included, so it keeps its share of the
+picture's energy at every size (an enlargement is a smooth upscale). When an axis
+shrinks below SUPERSAMPLE_BELOW, an output pixel is the mean of m x m samples drawn
+at m times the output scale (``supersampling``): the box filter of the output pixel,
+which point samples of Gaussians narrower than a pixel would alias.
 
 Pixel (row y, column x) has its centre at p = (x + 0.5, y + 0.5); means are in
 pixels of the encoded resolution. The functions below take numpy arrays (the decoder,
@@ -44,24 +52,49 @@ def _lib(x: Array):
     return torch
 
 
-def covariance(chol: Array, scale: float = 1.0) -> Array:
-    """Covariance entries (s11, s12, s22) from log-Cholesky parameters.
+Scale = Union[float, tuple[float, float]]
+
+
+def scale_xy(scale: Scale) -> tuple[float, float]:
+    """(sx, sy) of a uniform scale or of a pair."""
+    if isinstance(scale, tuple):
+        return float(scale[0]), float(scale[1])
+    return float(scale), float(scale)
+
+
+#: An axis drawn at a scale below this is supersampled (see ``supersampling``).
+SUPERSAMPLE_BELOW = 1.0
+
+
+def supersampling(scale: Scale) -> tuple[int, int]:
+    """(mx, my): samples per output pixel along x and y, so that the samples are drawn at
+    a scale of at least SUPERSAMPLE_BELOW: m = ceil(SUPERSAMPLE_BELOW / s), 1 when s is
+    that large already."""
+    return tuple(1 if s >= SUPERSAMPLE_BELOW else math.ceil(SUPERSAMPLE_BELOW / s) for s in scale_xy(scale))
+
+
+def covariance(chol: Array, scale: Scale = 1.0) -> Array:
+    """Covariance entries (s11, s12, s22) at ``scale`` from log-Cholesky parameters:
+    S (L L^T + EPS I) S.
 
     chol: [N, 3] holding (a, b, r): L = [[e^a, 0], [r e^b, e^b]].
     returns [N, 3].
     """
     assert chol.ndim == 2 and chol.shape[1] == 3, chol.shape
+    sx, sy = scale_xy(scale)
     lib = _lib(chol)
-    l1 = lib.exp(chol[:, 0]) * scale
-    l3 = lib.exp(chol[:, 1]) * scale
+    l1 = lib.exp(chol[:, 0])
+    l3 = lib.exp(chol[:, 1])
     l2 = chol[:, 2] * l3
     s11 = l1 * l1 + EPS
     s12 = l1 * l2
     s22 = l2 * l2 + l3 * l3 + EPS
+    if (sx, sy) != (1.0, 1.0):
+        s11, s12, s22 = s11 * (sx * sx), s12 * (sx * sy), s22 * (sy * sy)
     return lib.stack([s11, s12, s22], -1)
 
 
-def conics_from_chol(chol: Array, scale: float = 1.0) -> Array:
+def conics_from_chol(chol: Array, scale: Scale = 1.0) -> Array:
     """Inverse covariance (ca, cb, cc) of each Gaussian: [N, 3] -> [N, 3]."""
     cov = covariance(chol, scale)
     s11, s12, s22 = cov[:, 0], cov[:, 1], cov[:, 2]
