@@ -13,14 +13,27 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from .limits import MAX_CHUNK
+
 MAGIC = b"\x89GSV\r\n\x1a\n"
 FORMAT_VERSION = 1
-#: A chunk larger than this is taken as corruption rather than allocated.
-MAX_CHUNK = 1 << 30
+#: Payloads are read in blocks of this size, so a length field that lies costs no
+#: more memory than the bytes actually present.
+_READ_BLOCK = 1 << 20
 
 
 class StreamError(ValueError):
     """The bytes are not a valid gsvc stream (bad signature, CRC, truncation, ...)."""
+
+
+def check_range(what: str, value: int | float, lo: int | float, hi: int | float) -> None:
+    """Raise StreamError unless ``lo <= value <= hi`` (NaN fails): a field against its limit.
+
+    Readers call it on every field before they allocate anything; writers call the
+    same checks, so an encoder never writes what a reader refuses (FORMAT.md, Limits).
+    """
+    if not lo <= value <= hi:
+        raise StreamError(f"{what} is {value}, outside the format's range [{lo}, {hi}]")
 
 
 @dataclass(frozen=True)
@@ -43,13 +56,25 @@ def write_signature(out: BinaryIO, version: int = FORMAT_VERSION) -> int:
 def write_chunk(out: BinaryIO, ctype: bytes, payload: bytes) -> int:
     """Write one chunk; returns the number of bytes written."""
     assert len(ctype) == 4 and ctype.isalpha(), ctype
+    check_range(f"size of chunk {ctype.decode('ascii')}", len(payload), 0, MAX_CHUNK)
     crc = zlib.crc32(ctype + payload) & 0xFFFFFFFF
     out.write(struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", crc))
     return 12 + len(payload)
 
 
 def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
-    data = src.read(n)
+    """Exactly ``n`` bytes; large reads go in blocks, so memory follows the bytes present."""
+    if n <= _READ_BLOCK:
+        data = src.read(n)
+    else:
+        blocks, got = [], 0
+        while got < n:
+            block = src.read(min(n - got, _READ_BLOCK))
+            if not block:
+                break
+            blocks.append(block)
+            got += len(block)
+        data = b"".join(blocks)
     if len(data) != n:
         raise StreamError(f"truncated stream: {what} ends after {len(data)} of {n} bytes")
     return data
@@ -80,8 +105,9 @@ def read_chunk(src: BinaryIO, offset: int) -> Chunk | None:
     (length,) = struct.unpack(">I", head[:4])
     ctype = head[4:]
     name = ctype.decode("ascii", "replace")
-    if length > MAX_CHUNK or not ctype.isalpha():
-        raise StreamError(f"corrupt stream: bad chunk header at byte {offset}")
+    if not ctype.isalpha():
+        raise StreamError(f"corrupt stream: bad chunk type at byte {offset}")
+    check_range(f"length of chunk {name} at byte {offset}", length, 0, MAX_CHUNK)
     payload = _read_exact(src, length, f"chunk {name} at byte {offset}")
     (crc,) = struct.unpack(">I", _read_exact(src, 4, f"CRC of chunk {name} at byte {offset}"))
     if zlib.crc32(ctype + payload) & 0xFFFFFFFF != crc:

@@ -13,7 +13,10 @@ defaults of the installed library: ``constriction.stream.queue.RangeEncoder`` wi
   (pi, theta: 16-bit fractions): no table to send, and it fits residuals that are
   mostly exactly zero with a wide spread around the others.
 
-Streams are coded one after another into a single word sequence.
+Streams are coded one after another into a single word sequence. Alphabet sizes are
+limited per model to what constriction itself accepts (bitstream.limits), for the
+reader and the encoder alike; the reader checks every descriptor field before it
+allocates anything, and any error of the decoder becomes a StreamError.
 """
 from __future__ import annotations
 
@@ -23,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import StreamError
+from .container import StreamError, check_range
+from .limits import (
+    MAX_CATEGORICAL_ALPHABET,
+    MAX_GEOMETRIC_ALPHABET,
+    MAX_SYMBOL_COUNT,
+    MAX_UNIFORM_ALPHABET,
+)
 
 CODER_RANGE_V1 = 1
 
@@ -31,12 +40,20 @@ MODEL_CATEGORICAL = 0
 MODEL_UNIFORM = 1
 MODEL_CONSTANT = 2
 MODEL_GEOMETRIC = 3
-MODELS = (MODEL_CATEGORICAL, MODEL_UNIFORM, MODEL_CONSTANT, MODEL_GEOMETRIC)
-
-#: constriction's Uniform and Categorical models take alphabets below 2**24.
-MAX_ALPHABET = (1 << 24) - 1
-#: The geometric model's alphabet is kept small: its table is built on every use.
-MAX_GEOMETRIC_ALPHABET = 1 << 12
+MODEL_NAMES = {MODEL_CATEGORICAL: "categorical", MODEL_UNIFORM: "uniform", MODEL_CONSTANT: "constant",
+               MODEL_GEOMETRIC: "geometric"}
+MODELS = tuple(MODEL_NAMES)
+#: alphabet sizes S each model takes (bitstream.limits: constriction's own limits)
+ALPHABET_RANGES = {
+    MODEL_CATEGORICAL: (2, MAX_CATEGORICAL_ALPHABET),
+    MODEL_UNIFORM: (2, MAX_UNIFORM_ALPHABET),
+    MODEL_CONSTANT: (1, 1),
+    MODEL_GEOMETRIC: (2, MAX_GEOMETRIC_ALPHABET),
+}
+#: coded symbols (value - min_symbol) and the values themselves are int32
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+#: bytes of the longest count-table varint (MAX_SYMBOL_COUNT < 2**35)
+_VARINT_MAX_BYTES = 5
 #: theta = code / GEOMETRIC_ONE, code in [1, GEOMETRIC_ONE - 1]
 GEOMETRIC_ONE = 1 << 16
 #: candidate theta codes the encoder tries (log-spaced tail masses), fixed for determinism
@@ -45,31 +62,45 @@ _THETA_CODES = np.unique(
 ).astype(np.int64)
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+def _uvarint_sizes(values: np.ndarray) -> np.ndarray:
+    """Bytes of each value as an unsigned LEB128 varint (values in [0, 2**35))."""
+    values = np.asarray(values, dtype=np.int64)
+    return 1 + sum((values >> (7 * k) > 0).astype(np.int64) for k in range(1, _VARINT_MAX_BYTES))
 
 
-def _read_uvarint(src: io.BytesIO) -> int:
-    shift = 0
-    value = 0
-    while True:
-        b = src.read(1)
-        if not b:
-            raise StreamError("corrupt stream: varint runs past the end of its chunk")
-        value |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return value
-        shift += 7
-        if shift > 35:
-            raise StreamError("corrupt stream: varint too long")
+def _write_uvarints(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 varints of ``values`` (each in [0, 2**35)), back to back."""
+    values = np.asarray(values, dtype=np.int64)
+    sizes = _uvarint_sizes(values)
+    starts = np.cumsum(sizes) - sizes
+    place = np.arange(int(sizes.sum())) - np.repeat(starts, sizes)  # byte index inside its varint
+    groups = (np.repeat(values, sizes) >> (7 * place)) & 0x7F
+    more = place < np.repeat(sizes, sizes) - 1  # continuation bit on all but the last byte
+    return (groups | (more << 7)).astype(np.uint8).tobytes()
+
+
+def _read_uvarints(payload: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+    """``n`` unsigned LEB128 varints from ``payload[pos:]``: int64 values, end position.
+
+    Vectorized (a table may hold 2**24 entries); a table cannot be longer than the
+    bytes left (each entry takes at least one), which is checked before anything is read.
+    """
+    left = len(payload) - pos
+    if n > left:
+        raise StreamError(f"corrupt stream: a count table of {n} entries is longer than the "
+                          f"{left} bytes left in its chunk")
+    raw = np.frombuffer(payload, dtype=np.uint8, count=min(left, _VARINT_MAX_BYTES * n), offset=pos)
+    ends = np.flatnonzero(raw < 0x80)[:n]  # last byte of each varint
+    if ends.size < n:
+        raise StreamError("corrupt stream: a count table runs past the end of its chunk")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    sizes = ends - starts + 1
+    if sizes.max() > _VARINT_MAX_BYTES:
+        raise StreamError(f"corrupt stream: a count table entry is longer than {_VARINT_MAX_BYTES} bytes")
+    end = int(ends[-1]) + 1
+    place = np.arange(end) - np.repeat(starts, sizes)
+    values = np.add.reduceat((raw[:end].astype(np.int64) & 0x7F) << (7 * place), starts)
+    return values, pos + end
 
 
 def _geometric_distances(values: np.ndarray, min_symbol: int, size: int) -> np.ndarray:
@@ -120,6 +151,12 @@ class _Model:
             return model.Categorical(probs, perfect=False)
         return model.Uniform(self.size)
 
+    def decode(self, decoder, n: int) -> np.ndarray:
+        """``n`` values (int64) from a constriction RangeDecoder."""
+        if self.kind == MODEL_CONSTANT:
+            return np.full(n, self.min_symbol, dtype=np.int64)
+        return decoder.decode(self.constriction(), n).astype(np.int64) + self.min_symbol
+
 
 def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int, int]:
     """(estimated bits, theta code, centre code) of the cheapest geometric model."""
@@ -143,23 +180,27 @@ def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int
 
 
 def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
+    """The cheapest model the reader accepts for ``symbols`` (ValueError if none can code them)."""
     lo, hi = int(symbols.min()), int(symbols.max())
     size = hi - lo + 1
-    if size > MAX_ALPHABET:
-        raise ValueError(f"alphabet of {size} symbols is too large to code")
+    if lo < INT32_MIN or hi > INT32_MAX:
+        raise ValueError(f"values in [{lo}, {hi}] leave the 32-bit range")
+    if size > MAX_UNIFORM_ALPHABET:
+        raise ValueError(f"alphabet of {size} symbols is too large to code (limit {MAX_UNIFORM_ALPHABET})")
     if size == 1:
         return _Model(MODEL_CONSTANT, lo, 1, None)
     counts = np.bincount(symbols - lo, minlength=size)
     n = symbols.size
     nz = counts[counts > 0]
     entropy_bits = float(-(nz * np.log2(nz / n)).sum())
-    table_bits = 8.0 * sum(len(_uvarint(int(c))) for c in counts)
+    table_bits = 8.0 * float(_uvarint_sizes(counts).sum())
     uniform_bits = n * np.log2(size)
     if geometric and size <= MAX_GEOMETRIC_ALPHABET:
         geo_bits, theta, centre = _best_geometric(symbols, lo, size)
         if geo_bits + 32 < min(entropy_bits + table_bits, uniform_bits):
             return _Model(MODEL_GEOMETRIC, lo, size, None, theta, centre)
-    if entropy_bits + table_bits < uniform_bits:
+    categorical_fits = size <= MAX_CATEGORICAL_ALPHABET and n <= MAX_SYMBOL_COUNT
+    if categorical_fits and entropy_bits + table_bits < uniform_bits:
         return _Model(MODEL_CATEGORICAL, lo, size, counts)
     return _Model(MODEL_UNIFORM, lo, size, None)
 
@@ -184,7 +225,7 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
         m = _choose_model(symbols, geometric)
         head.write(struct.pack(">BiI", m.kind, m.min_symbol, m.size))
         if m.kind == MODEL_CATEGORICAL:
-            head.write(b"".join(_uvarint(int(c)) for c in m.counts))
+            head.write(_write_uvarints(m.counts))
         elif m.kind == MODEL_GEOMETRIC:
             head.write(struct.pack(">HH", m.theta_code, m.centre_code))
         if m.kind != MODEL_CONSTANT:
@@ -194,55 +235,74 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
 
 
 def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
-    """Inverse of ``encode_streams``; returns int64 arrays of the given lengths."""
-    import constriction
+    """Inverse of ``encode_streams``; returns int64 arrays of the given lengths.
 
-    RangeDecoder = constriction.stream.queue.RangeDecoder
-
-    src = io.BytesIO(payload)
+    Every descriptor field is range-checked before anything is allocated for it, and
+    any error of the entropy decoder becomes a StreamError.
+    """
+    pos = 0
     models = []
     for n in lengths:
-        if n == 0:
+        if n == 0:  # no descriptor, nothing coded
             models.append(_Model(MODEL_CONSTANT, 0, 1, None))
             continue
-        raw = src.read(9)
-        if len(raw) != 9:
-            raise StreamError("corrupt stream: model descriptor runs past its chunk")
-        kind, lo, size = struct.unpack(">BiI", raw)
-        if kind not in MODELS or not (1 <= size <= MAX_ALPHABET):
-            raise StreamError("corrupt stream: bad entropy model descriptor")
-        counts = None
-        theta_code = centre_code = 0
-        if kind == MODEL_GEOMETRIC:
-            raw = src.read(4)
-            if len(raw) != 4:
-                raise StreamError("corrupt stream: model descriptor runs past its chunk")
-            theta_code, centre_code = struct.unpack(">HH", raw)
-            if (not (1 <= theta_code < GEOMETRIC_ONE and 1 <= centre_code < GEOMETRIC_ONE)
-                    or size > MAX_GEOMETRIC_ALPHABET):
-                raise StreamError("corrupt stream: bad geometric model descriptor")
-        if kind == MODEL_CATEGORICAL:
-            counts = np.array([_read_uvarint(src) for _ in range(size)], dtype=np.int64)
-            if counts.sum() <= 0:
-                raise StreamError("corrupt stream: empty symbol table")
-        if kind != MODEL_CONSTANT and size < 2:
-            raise StreamError("corrupt stream: alphabet too small for its model")
-        if kind != MODEL_CONSTANT and lo + size - 1 > 0x7FFFFFFF:
-            raise StreamError("corrupt stream: alphabet leaves the 32-bit range")
-        models.append(_Model(kind, lo, size, counts, theta_code, centre_code))
-    raw = src.read(4)
-    if len(raw) != 4:
-        raise StreamError("corrupt stream: missing coded word count")
-    (nwords,) = struct.unpack(">I", raw)
-    body = src.read(4 * nwords)
-    if len(body) != 4 * nwords or src.read(1):
-        raise StreamError("corrupt stream: coded data does not fill its chunk")
-    words = np.frombuffer(body, dtype=">u4").astype(np.uint32)
-    decoder = RangeDecoder(words)
-    out = []
-    for m, n in zip(models, lengths):
-        if m.kind == MODEL_CONSTANT:
-            out.append(np.full(n, m.min_symbol, dtype=np.int64))
-        else:
-            out.append(decoder.decode(m.constriction(), n).astype(np.int64) + m.min_symbol)
-    return out
+        model, pos = _read_model(payload, pos)
+        models.append(model)
+    words = _read_words(payload, pos)
+    return _entropy_decode(models, lengths, words)
+
+
+def _unpack(fmt: str, payload: bytes, pos: int, what: str) -> tuple[tuple, int]:
+    """Fields of struct format ``fmt`` at ``pos`` and the position after them."""
+    size = struct.calcsize(fmt)
+    if pos + size > len(payload):
+        raise StreamError(f"corrupt stream: {what} runs past the end of its chunk")
+    return struct.unpack_from(fmt, payload, pos), pos + size
+
+
+def _read_model(payload: bytes, pos: int) -> tuple[_Model, int]:
+    """One model descriptor at ``pos`` (FORMAT.md, section 4), checked field by field."""
+    (kind, lo, size), pos = _unpack(">BiI", payload, pos, "a model descriptor")
+    if kind not in MODELS:
+        raise StreamError(f"corrupt stream: unknown entropy model {kind}")
+    smallest, largest = ALPHABET_RANGES[kind]
+    check_range(f"alphabet size of a {MODEL_NAMES[kind]} model", size, smallest, largest)
+    check_range("largest symbol of a model", lo + size - 1, INT32_MIN, INT32_MAX)
+    if kind == MODEL_CATEGORICAL:
+        counts, pos = _read_uvarints(payload, pos, size)
+        check_range("largest entry of a count table", int(counts.max()), 0, MAX_SYMBOL_COUNT)
+        if not counts.any():
+            raise StreamError("corrupt stream: empty symbol table")
+        return _Model(kind, lo, size, counts), pos
+    if kind == MODEL_GEOMETRIC:
+        (theta_code, centre_code), pos = _unpack(">HH", payload, pos, "a model descriptor")
+        check_range("theta code of a geometric model", theta_code, 1, GEOMETRIC_ONE - 1)
+        check_range("centre code of a geometric model", centre_code, 1, GEOMETRIC_ONE - 1)
+        return _Model(kind, lo, size, None, theta_code, centre_code), pos
+    return _Model(kind, lo, size, None), pos
+
+
+def _read_words(payload: bytes, pos: int) -> np.ndarray:
+    """The coded words after the descriptors: their count must fill the chunk exactly."""
+    (nwords,), pos = _unpack(">I", payload, pos, "the coded word count")
+    left = len(payload) - pos
+    if 4 * nwords != left:
+        raise StreamError(f"corrupt stream: {nwords} coded words do not fill the {left} bytes left in their chunk")
+    return np.frombuffer(payload, dtype=">u4", offset=pos).astype(np.uint32)
+
+
+def _entropy_decode(models: list[_Model], lengths: list[int], words: np.ndarray) -> list[np.ndarray]:
+    """Decode every stream; whatever constriction raises becomes a StreamError."""
+    import constriction
+
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(words)
+        return [m.decode(decoder, n) for m, n in zip(models, lengths)]
+    except MemoryError:  # not the stream's fault: let it through
+        raise
+    except Exception as e:  # constriction: AssertionError (invalid data), ValueError (model)
+        raise StreamError(f"corrupt stream: entropy decoding failed ({e})") from None
+    except BaseException as e:  # a Rust panic: pyo3's PanicException derives from BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        raise StreamError(f"corrupt stream: entropy decoding failed ({e})") from None

@@ -8,12 +8,14 @@ from typing import BinaryIO
 from .container import (
     MAGIC,
     StreamError,
+    check_range,
     iter_chunks,
     read_signature,
     write_chunk,
     write_signature,
 )
 from .entropy import CODER_RANGE_V1
+from .limits import MAX_FRAMES, MAX_GAUSSIANS, MAX_LAYERS, MAX_PIXELS, MAX_SIDE, MAX_STEP, MIN_STEP
 
 KIND_IMAGE = 0
 KIND_VIDEO = 1
@@ -25,6 +27,10 @@ LAYER = b"LAYR"
 REF_INTRA = 0
 #: video P-frames: the layer is predicted from the same layer of the previous frame
 REF_PREVIOUS = 1
+REFERENCES = (REF_INTRA, REF_PREVIOUS)
+
+#: quantizer steps in a header: one per Gaussian parameter (FORMAT.md, section 3)
+NUM_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,25 @@ class Header:
     kind: int = KIND_IMAGE
     coder: int = CODER_RANGE_V1
 
+    def check(self) -> None:
+        """Raise StreamError unless every field is within the format's limits."""
+        if self.kind not in KINDS:
+            raise StreamError(f"unsupported stream kind {self.kind}")
+        if self.coder != CODER_RANGE_V1:
+            raise StreamError(f"unsupported entropy coder {self.coder}")
+        check_range("header width", self.width, 1, MAX_SIDE)
+        check_range("header height", self.height, 1, MAX_SIDE)
+        check_range("header pixels (width x height)", self.width * self.height, 1, MAX_PIXELS)
+        check_range("header layer count", len(self.counts), 1, MAX_LAYERS)
+        for layer, count in enumerate(self.counts, start=1):
+            check_range(f"header Gaussian count of layer {layer}", count, 1, MAX_GAUSSIANS)
+        check_range("header Gaussian count of all layers", sum(self.counts), 1, MAX_GAUSSIANS)
+        check_range("header quantizer step count", len(self.steps), NUM_STEPS, NUM_STEPS)
+        for j, step in enumerate(self.steps):  # NaN and infinities fail the range check
+            check_range(f"header quantizer step {j}", step, MIN_STEP, MAX_STEP)
+
     def pack(self) -> bytes:
+        self.check()
         out = struct.pack(">BIIB", self.kind, self.width, self.height, len(self.counts))
         out += struct.pack(f">{len(self.counts)}I", *self.counts)
         out += struct.pack(">BB", self.coder, len(self.steps))
@@ -58,13 +82,9 @@ class Header:
             raise StreamError("corrupt stream: header too short") from None
         if pos != len(payload):
             raise StreamError("corrupt stream: header has trailing bytes")
-        if kind not in KINDS:
-            raise StreamError(f"unsupported stream kind {kind}")
-        if coder != CODER_RANGE_V1:
-            raise StreamError(f"unsupported entropy coder {coder}")
-        if width < 1 or height < 1 or nlayers < 1 or min(counts) < 1:
-            raise StreamError("corrupt stream: empty image or layer in header")
-        return cls(width, height, tuple(counts), tuple(steps), kind, coder)
+        header = cls(width, height, tuple(counts), tuple(steps), kind, coder)
+        header.check()
+        return header
 
 
 @dataclass(frozen=True)
@@ -75,15 +95,28 @@ class LayerChunk:
     frame: int = 0
     reference: int = REF_INTRA
 
+    PREFIX = 10  # frame, layer, reference, count
+
+    def check(self) -> None:
+        """Raise StreamError unless the prefix fields are within the format's limits."""
+        check_range("layer chunk frame index", self.frame, 0, MAX_FRAMES - 1)
+        check_range("layer chunk layer index", self.layer, 1, MAX_LAYERS)
+        if self.reference not in REFERENCES:
+            raise StreamError(f"corrupt stream: layer chunk has unknown reference {self.reference}")
+        check_range("layer chunk Gaussian count", self.count, 1, MAX_GAUSSIANS)
+
     def pack(self) -> bytes:
+        self.check()
         return struct.pack(">IBBI", self.frame, self.layer, self.reference, self.count) + self.data
 
     @classmethod
     def unpack(cls, payload: bytes) -> "LayerChunk":
-        if len(payload) < 10:
+        if len(payload) < cls.PREFIX:
             raise StreamError("corrupt stream: layer chunk too short")
         frame, layer, reference, count = struct.unpack_from(">IBBI", payload, 0)
-        return cls(layer, count, payload[10:], frame, reference)
+        chunk = cls(layer, count, payload[cls.PREFIX :], frame, reference)
+        chunk.check()
+        return chunk
 
 
 @dataclass

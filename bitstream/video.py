@@ -13,8 +13,19 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from .container import MAGIC, StreamError, read_chunk, read_signature, skip_bytes, write_chunk, write_signature
+from .container import (
+    MAGIC,
+    Chunk,
+    StreamError,
+    check_range,
+    read_chunk,
+    read_signature,
+    skip_bytes,
+    write_chunk,
+    write_signature,
+)
 from .layout import HEADER, KIND_VIDEO, LAYER, REF_INTRA, REF_PREVIOUS, Header, LayerChunk
+from .limits import MAX_CHUNK, MAX_FPS, MAX_FRAMES
 
 VIDEO_HEADER = b"VHDR"
 FRAME = b"FRAM"
@@ -35,17 +46,27 @@ class VideoHeader:
 
     SIZE = 16
 
+    def check(self) -> None:
+        """Raise StreamError unless every field is within the format's limits."""
+        check_range("video header frame count", self.frames, 0, MAX_FRAMES)
+        check_range("video header fps_num", self.fps_num, 1, 0xFFFFFFFF)
+        check_range("video header fps_den", self.fps_den, 1, 0xFFFFFFFF)
+        if not (self.fps_num <= MAX_FPS * self.fps_den and self.fps_den <= MAX_FPS * self.fps_num):
+            raise StreamError(f"video header frame rate {self.fps_num}/{self.fps_den} is outside the "
+                              f"format's range [1/{MAX_FPS}, {MAX_FPS}]")
+        check_range("video header GOP length", self.gop, 1, MAX_FRAMES)
+
     def pack(self) -> bytes:
+        self.check()
         return struct.pack(">IIII", self.frames, self.fps_num, self.fps_den, self.gop)
 
     @classmethod
     def unpack(cls, payload: bytes) -> "VideoHeader":
         if len(payload) != cls.SIZE:
             raise StreamError("corrupt stream: video header has the wrong size")
-        frames, num, den, gop = struct.unpack(">IIII", payload)
-        if num < 1 or den < 1 or gop < 1:
-            raise StreamError("corrupt stream: bad frame rate or GOP length in the video header")
-        return cls(frames, num, den, gop)
+        video = cls(*struct.unpack(">IIII", payload))
+        video.check()
+        return video
 
     @property
     def fps(self) -> float:
@@ -60,7 +81,20 @@ class FrameHeader:
     type: int
     sizes: tuple[int, ...]  # [L] bytes of each LAYR chunk that follows, framing included
 
+    #: a layer chunk's file bytes: framing (12) and the layer prefix at least
+    MIN_LAYER_SIZE = 12 + LayerChunk.PREFIX
+    MAX_LAYER_SIZE = 12 + MAX_CHUNK
+
+    def check(self) -> None:
+        """Raise StreamError unless every field is within the format's limits."""
+        check_range("frame header frame index", self.frame, 0, MAX_FRAMES - 1)
+        if self.type not in FRAME_TYPES:
+            raise StreamError(f"corrupt stream: unknown frame type {self.type}")
+        for layer, size in enumerate(self.sizes, start=1):
+            check_range(f"frame header size of layer {layer}", size, self.MIN_LAYER_SIZE, self.MAX_LAYER_SIZE)
+
     def pack(self) -> bytes:
+        self.check()
         return struct.pack(f">IBB{len(self.sizes)}I", self.frame, self.type, len(self.sizes), *self.sizes)
 
     @classmethod
@@ -72,9 +106,9 @@ class FrameHeader:
             raise StreamError("corrupt stream: frame header too short") from None
         if len(payload) != 6 + 4 * n:
             raise StreamError("corrupt stream: frame header has the wrong size")
-        if ftype not in FRAME_TYPES:
-            raise StreamError(f"corrupt stream: unknown frame type {ftype}")
-        return cls(frame, ftype, tuple(sizes))
+        header = cls(frame, ftype, tuple(sizes))
+        header.check()
+        return header
 
 
 @dataclass
@@ -106,6 +140,7 @@ class VideoWriter:
     def write_frame(self, frame_type: int, layers: list[LayerChunk]) -> list[int]:
         """Write one frame; returns the bytes of each layer, the FRAM chunk counted in layer 1."""
         assert len(layers) == len(self.header.counts), (len(layers), self.header.counts)
+        check_range("video frame count", self.frames + 1, 1, MAX_FRAMES)
         payloads = [layer.pack() for layer in layers]
         sizes = [12 + len(p) for p in payloads]
         fram = write_chunk(self.out, FRAME, FrameHeader(self.frames, frame_type, tuple(sizes)).pack())
@@ -136,43 +171,61 @@ class VideoStream:
     def frames(self) -> Iterator[VideoFrame]:
         """Yield the frames in order, each with layers 1..max_layers; checks the structure."""
         offset = self.header_bytes
-        nlayers = len(self.header.counts)
         for t in range(self.video.frames):
-            chunk = read_chunk(self.src, offset)
-            while chunk is not None and chunk.type != FRAME and chunk.type[:1].islower():
-                offset += chunk.size  # ancillary chunks may stand between frames
-                chunk = read_chunk(self.src, offset)
-            if chunk is None:
-                raise StreamError(f"truncated stream: it holds {t} of {self.video.frames} frames")
-            if chunk.type != FRAME:
-                raise StreamError(f"corrupt stream: expected the header of frame {t}, found {_name(chunk.type)}")
+            chunk = self._frame_chunk(t, offset)
             offset += chunk.size
-            fh = FrameHeader.unpack(chunk.payload)
-            if fh.frame != t or len(fh.sizes) != nlayers:
-                raise StreamError(f"corrupt stream: frame header #{t} is out of order")
-            if fh.type == FRAME_P and t == 0:
-                raise StreamError("corrupt stream: the first frame is not an I-frame")
+            fh = self._frame_header(t, chunk)
             reference = REF_INTRA if fh.type == FRAME_I else REF_PREVIOUS
             layers = []
             for l, size in enumerate(fh.sizes, start=1):
-                if l > self.max_layers:
+                if l <= self.max_layers:
+                    layers.append(self._layer(t, l, size, reference, offset))
+                else:
                     skip_bytes(self.src, size)  # not read: the decoder does not need it
-                    offset += size
-                    continue
-                layer_chunk = read_chunk(self.src, offset)
-                if layer_chunk is None:
-                    raise StreamError(f"truncated stream: frame {t} ends before layer {l}")
-                if layer_chunk.type != LAYER or layer_chunk.size != size:
-                    raise StreamError(f"corrupt stream: layer {l} of frame {t} does not match its frame header")
                 offset += size
-                layer = LayerChunk.unpack(layer_chunk.payload)
-                if (layer.frame, layer.layer, layer.reference) != (t, l, reference):
-                    raise StreamError(f"corrupt stream: layer chunk {l} of frame {t} is out of order")
-                if not 1 <= layer.count <= self.header.counts[l - 1]:
-                    raise StreamError(f"corrupt stream: layer {l} of frame {t} exceeds the header's count")
-                layers.append(layer)
             yield VideoFrame(fh, layers, chunk.size)
-        while True:  # after the last frame: ancillary chunks only
+        self._check_end(offset)
+
+    def _frame_chunk(self, t: int, offset: int) -> Chunk:
+        """The ``FRAM`` chunk of frame t at ``offset``, past any ancillary chunks."""
+        chunk = read_chunk(self.src, offset)
+        while chunk is not None and chunk.type != FRAME and chunk.type[:1].islower():
+            offset += chunk.size  # ancillary chunks may stand between frames
+            chunk = read_chunk(self.src, offset)
+        if chunk is None:
+            raise StreamError(f"truncated stream: it holds {t} of {self.video.frames} frames")
+        if chunk.type != FRAME:
+            raise StreamError(f"corrupt stream: expected the header of frame {t}, found {_name(chunk.type)}")
+        return chunk
+
+    def _frame_header(self, t: int, chunk: Chunk) -> FrameHeader:
+        fh = FrameHeader.unpack(chunk.payload)
+        if fh.frame != t:
+            raise StreamError(f"corrupt stream: frame header #{t} holds frame index {fh.frame}")
+        if len(fh.sizes) != len(self.header.counts):
+            raise StreamError(f"corrupt stream: frame header #{t} lists {len(fh.sizes)} layers, "
+                              f"the stream has {len(self.header.counts)}")
+        if fh.type == FRAME_P and t == 0:
+            raise StreamError("corrupt stream: the first frame is not an I-frame")
+        return fh
+
+    def _layer(self, t: int, l: int, size: int, reference: int, offset: int) -> LayerChunk:
+        """Layer l of frame t: a ``LAYR`` chunk of ``size`` file bytes at ``offset``."""
+        chunk = read_chunk(self.src, offset)
+        if chunk is None:
+            raise StreamError(f"truncated stream: frame {t} ends before layer {l}")
+        if chunk.type != LAYER or chunk.size != size:
+            raise StreamError(f"corrupt stream: layer {l} of frame {t} does not match its frame header")
+        layer = LayerChunk.unpack(chunk.payload)
+        if (layer.frame, layer.layer, layer.reference) != (t, l, reference):
+            raise StreamError(f"corrupt stream: layer chunk {l} of frame {t} is out of order")
+        if layer.count > self.header.counts[l - 1]:
+            raise StreamError(f"corrupt stream: layer {l} of frame {t} exceeds the header's count")
+        return layer
+
+    def _check_end(self, offset: int) -> None:
+        """After the last frame: ancillary chunks only."""
+        while True:
             chunk = read_chunk(self.src, offset)
             if chunk is None:
                 return

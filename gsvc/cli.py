@@ -262,9 +262,9 @@ def main() -> None:
               help="joint: P-GSVC (all layers every step); sequential: LIG-style baseline.")
 @click.option("--size", metavar="WxH", callback=_parse_size,
               help="Resize the input first (one side 0 keeps the aspect ratio).")
-@click.option("--frames", "max_frames", type=click.IntRange(1), help="Video: encode at most this many frames.")
+@click.option("--frames", "max_frames", type=click.IntRange(1, 1 << 24), help="Video: encode at most this many frames.")
 @click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
-@click.option("--gop", type=click.IntRange(1), help="Video: an I-frame at least every N frames (default 30; 1 = all I-frames).")
+@click.option("--gop", type=click.IntRange(1, 1 << 24), help="Video: an I-frame at least every N frames (default 30; 1 = all I-frames).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")

@@ -117,18 +117,12 @@ def _label(source: Source) -> str:
     return f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
 
 
-def _check_steps(steps: tuple[float, ...]) -> None:
-    if len(steps) != len(PARAMS):
-        raise StreamError(f"corrupt stream: {len(steps)} quantizer steps, expected {len(PARAMS)}")
-
-
 def stream_to_model(stream: Stream) -> "LayeredImage":
     """Entropy-decode and dequantize every layer chunk of an image stream (torch layers)."""
     from .model import LayeredImage
     from .quantize import dequantize
 
     steps = stream.header.steps
-    _check_steps(steps)
     layers = [dequantize(decode_intra(chunk.data, chunk.count), steps) for chunk in stream.layers]
     return LayeredImage(stream.header.width, stream.header.height, layers)
 
@@ -156,7 +150,8 @@ class Output:
 
 def output_size(width: int, height: int, scale: float = 1.0, size: tuple[int, int] | None = None) -> Output:
     """The decoded picture for ``scale`` (round(scale * side)), or for ``size`` (W, H; one
-    side 0 keeps the aspect ratio); refuses an empty or an oversized picture."""
+    side 0 keeps the aspect ratio); refuses an empty or an oversized picture. The whole
+    encoded picture fills the output: the scale per axis is output side / encoded side."""
     if size is not None:
         w, h = size
         if w == 0:
@@ -164,17 +159,15 @@ def output_size(width: int, height: int, scale: float = 1.0, size: tuple[int, in
         if h == 0:
             h = max(1, round(height * w / width))
         what = f"size {w}x{h}"
-        sx, sy = w / width, h / height
     else:
         _check_request(None, scale)
         w, h = round(width * scale), round(height * scale)
         what = f"scale {scale:g} makes the {width}x{height} picture {w}x{h}"
-        sx = sy = float(scale)
     if w < 1 or h < 1:
         raise GsvcError(f"{what}: too small to draw")
     if w * h > MAX_PIXELS:
         raise GsvcError(f"{what}: above the limit of {MAX_PIXELS:,} pixels")
-    return Output(w, h, sx, sy)
+    return Output(w, h, w / width, h / height)  # the whole picture fills the output
 
 
 def _on_numba(device: str, backend: str | None) -> bool:
@@ -191,11 +184,13 @@ def render_params(
     p = np.concatenate(layers, axis=0) if layers else np.zeros((0, 8), np.float32)
     means, chol, colors = p[:, 0:2], p[:, 2:5], p[:, 5:8]
     try:
-        if _on_numba(device, backend):
-            img = render_array(means, chol, colors, out.height, out.width, out.scale, max_work=MAX_RENDER_WORK)
-        else:
-            _check_work(means, chol, out)
-            img = _render_torch(p, out, device, backend)
+        # hostile parameters overflow to inf/NaN there, and such Gaussians draw nothing
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if _on_numba(device, backend):
+                img = render_array(means, chol, colors, out.height, out.width, out.scale, max_work=MAX_RENDER_WORK)
+            else:
+                _check_work(means, chol, out)
+                img = _render_torch(p, out, device, backend)
     except RenderTooLarge as e:
         raise GsvcError(f"{e} (a stream this heavy is refused)") from None
     return to_uint8(img)
@@ -251,20 +246,26 @@ def decode_image(
         raise GsvcError("stream holds no layers")
     hdr = stream.header
     out = output_size(hdr.width, hdr.height, scale, size)  # refused before any entropy decoding
-    _check_steps(hdr.steps)
     params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
     return render_params(params, out, device, backend)
 
 
 def to_uint8(img) -> np.ndarray:
     """[H, W, 3] float in [0, 1] (numpy or torch) -> uint8 with round-half-up, as FORMAT.md
-    fixes it; values are clamped to [0, 1] first, and NaN (from a hostile stream) is 0."""
-    if not isinstance(img, np.ndarray):
+    fixes it; values are clamped to [0, 1] first, and NaN (from a hostile stream) is 0.
+    Works in place on one float32 buffer (a 67 MP picture is 800 MB of them)."""
+    if isinstance(img, np.ndarray):
+        img = np.array(img, dtype=np.float32)  # a copy: the caller's array is left alone
+    else:
         import torch
 
-        img = img.detach().to("cpu", torch.float32).numpy()
-    img = np.nan_to_num(np.clip(img, 0.0, 1.0), nan=0.0)
-    return np.floor(img * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+        img = img.detach().to("cpu", torch.float32).numpy().copy()
+    np.nan_to_num(img, copy=False, nan=0.0)
+    np.clip(img, 0.0, 1.0, out=img)
+    img *= np.float32(255.0)
+    img += np.float32(0.5)
+    np.floor(img, out=img)
+    return img.astype(np.uint8)
 
 
 @dataclass
@@ -290,8 +291,7 @@ class VideoReader:
             self.close()
             raise
         hdr = self.stream.header
-        _check_steps(hdr.steps)
-        if layers is not None and layers > len(hdr.counts):
+            if layers is not None and layers > len(hdr.counts):
             self.close()
             raise GsvcError(f"stream holds {len(hdr.counts)} layers, cannot decode {layers}")
         self.width, self.height = hdr.width, hdr.height

@@ -21,6 +21,7 @@ import struct
 import numpy as np
 
 from bitstream import StreamError, decode_streams, encode_streams
+from bitstream.container import check_range
 
 NPARAMS = 8
 
@@ -73,8 +74,7 @@ def decode_predicted(payload: bytes, reference: np.ndarray, count: int) -> np.nd
         raise StreamError("corrupt stream: predicted layer too short")
     (k,) = struct.unpack_from(">I", payload, 0)
     m = reference.shape[0]
-    if k > m or k > count:
-        raise StreamError("corrupt stream: predicted layer keeps more Gaussians than it can")
+    check_range("kept Gaussians of a predicted layer", k, 0, min(m, count))  # before any stream is decoded
     lengths = [m] + [k] * NPARAMS + [count - k] * NPARAMS
     streams = decode_streams(payload[4:], lengths)
     keep = streams[0]

@@ -43,3 +43,33 @@ def test_payload_with_garbage_is_rejected():
         decode_streams(payload + b"\0", [10])
     with pytest.raises(StreamError):
         decode_streams(payload[:5], [10])
+
+
+def _leb128(n: int) -> bytes:
+    """The count-table varint of FORMAT.md section 4, one byte at a time (the reference)."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def test_count_table_varints_are_plain_leb128():
+    from bitstream.entropy import _read_uvarints, _write_uvarints
+
+    values = np.array([0, 1, 127, 128, 255, 16383, 16384, (1 << 21) - 1, 1 << 21, (1 << 28) - 1, 1 << 28,
+                       (1 << 32) - 1, 5, 0])
+    table = _write_uvarints(values)
+    assert table == b"".join(_leb128(int(v)) for v in values)
+    back, end = _read_uvarints(b"\x07" + table + b"\x09", 1, values.size)
+    np.testing.assert_array_equal(back, values)
+    assert end == 1 + len(table)
+
+
+def test_categorical_streams_round_trip_with_their_table():
+    rng = np.random.default_rng(3)
+    symbols = np.round(rng.normal(0, 40, size=3000)).astype(np.int64)  # wide, peaked: a long table
+    assert _choose_model(symbols).kind == MODEL_CATEGORICAL
+    payload = encode_streams([symbols])
+    np.testing.assert_array_equal(decode_streams(payload, [symbols.size])[0], symbols)
