@@ -291,7 +291,7 @@ class VideoReader:
             self.close()
             raise
         hdr = self.stream.header
-            if layers is not None and layers > len(hdr.counts):
+        if layers is not None and layers > len(hdr.counts):
             self.close()
             raise GsvcError(f"stream holds {len(hdr.counts)} layers, cannot decode {layers}")
         self.width, self.height = hdr.width, hdr.height
