@@ -26,6 +26,11 @@ class StreamError(ValueError):
     """The bytes are not a valid gsvc stream (bad signature, CRC, truncation, ...)."""
 
 
+class TruncatedStream(StreamError):
+    """The file ends inside a chunk or its framing: cut short (a partial download), not
+    corrupted. Readers of partial streams stop there and keep what came before."""
+
+
 def check_range(what: str, value: int | float, lo: int | float, hi: int | float) -> None:
     """Raise StreamError unless ``lo <= value <= hi`` (NaN fails): a field against its limit.
 
@@ -76,7 +81,7 @@ def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
             got += len(block)
         data = b"".join(blocks)
     if len(data) != n:
-        raise StreamError(f"truncated stream: {what} ends after {len(data)} of {n} bytes")
+        raise TruncatedStream(f"truncated stream: {what} ends after {len(data)} of {n} bytes")
     return data
 
 
@@ -86,7 +91,7 @@ def read_signature(src: BinaryIO) -> int:
     if len(head) < len(MAGIC) or head[: len(MAGIC)] != MAGIC:
         raise StreamError("not a gsvc stream (bad signature)")
     if len(head) < len(MAGIC) + 2:
-        raise StreamError("truncated stream: no format version")
+        raise TruncatedStream("truncated stream: no format version")
     (version,) = struct.unpack(">H", head[len(MAGIC) :])
     if version != FORMAT_VERSION:
         raise StreamError(
@@ -101,7 +106,7 @@ def read_chunk(src: BinaryIO, offset: int) -> Chunk | None:
     if not head:
         return None
     if len(head) < 8:
-        raise StreamError(f"truncated stream: chunk header at byte {offset}")
+        raise TruncatedStream(f"truncated stream: chunk header at byte {offset}")
     (length,) = struct.unpack(">I", head[:4])
     ctype = head[4:]
     name = ctype.decode("ascii", "replace")

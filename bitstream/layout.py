@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .container import (
+    Chunk,
     MAGIC,
     StreamError,
+    TruncatedStream,
     check_range,
     iter_chunks,
     read_signature,
@@ -128,6 +130,7 @@ class Stream:
     header_bytes: int  # signature + header chunk
     layer_bytes: list[int] = field(default_factory=list)  # file bytes of each layer chunk
     available: int = 0  # layer chunks present in the file (counted only if all were read)
+    cut: bool = False  # the file ends inside a layer chunk (read with partial=True)
 
     @property
     def total_bytes(self) -> int:
@@ -142,17 +145,19 @@ def write_stream(out: BinaryIO, header: Header, layers: list[LayerChunk]) -> lis
     return sizes
 
 
-def read_stream(src: BinaryIO, max_layers: int | None = None) -> Stream:
+def read_stream(src: BinaryIO, max_layers: int | None = None, partial: bool = False) -> Stream:
     """Read the header and at most ``max_layers`` layer chunks (all when None).
 
-    Stops reading the file as soon as ``max_layers`` layers are in hand.
+    Stops reading the file as soon as ``max_layers`` layers are in hand. ``partial``: a
+    file cut short inside a layer chunk gives the complete layers before the cut
+    (``Stream.cut``); a cut inside the header is an error either way.
     """
     read_signature(src)
     chunks = iter_chunks(src, len(MAGIC) + 2)
     try:
         first = next(chunks)
     except StopIteration:
-        raise StreamError("truncated stream: no header") from None
+        raise TruncatedStream("truncated stream: no header") from None
     if first.type != HEADER:
         raise StreamError("corrupt stream: first chunk is not a header")
     header = Header.unpack(first.payload)
@@ -161,20 +166,30 @@ def read_stream(src: BinaryIO, max_layers: int | None = None) -> Stream:
     stream = Stream(header, [], len(MAGIC) + 2 + first.size)
     if max_layers == 0:
         return stream
-    for chunk in chunks:
-        if chunk.type != LAYER:
-            if chunk.type[:1].islower():  # ancillary chunk: safe to skip (PNG rule)
-                continue
-            raise StreamError(f"unsupported critical chunk {chunk.type.decode('ascii')}")
-        layer = LayerChunk.unpack(chunk.payload)
-        k = len(stream.layers) + 1
-        if layer.layer != k or layer.frame != 0 or layer.reference != REF_INTRA:
-            raise StreamError(f"corrupt stream: layer chunk #{k} is out of order")
-        if k > len(header.counts) or layer.count != header.counts[k - 1]:
-            raise StreamError(f"corrupt stream: layer {k} does not match the header")
-        stream.layers.append(layer)
-        stream.layer_bytes.append(chunk.size)
-        if max_layers is not None and len(stream.layers) >= max_layers:
-            return stream
+    try:
+        for chunk in chunks:
+            if _take_layer(stream, chunk) and max_layers is not None and len(stream.layers) >= max_layers:
+                return stream
+    except TruncatedStream:
+        if not partial:
+            raise
+        stream.cut = True
     stream.available = len(stream.layers)
     return stream
+
+
+def _take_layer(stream: Stream, chunk: Chunk) -> bool:
+    """Add ``chunk`` to ``stream`` if it is the next layer (True); skip an ancillary chunk."""
+    if chunk.type != LAYER:
+        if chunk.type[:1].islower():  # ancillary chunk: safe to skip (PNG rule)
+            return False
+        raise StreamError(f"unsupported critical chunk {chunk.type.decode('ascii', 'replace')}")
+    layer = LayerChunk.unpack(chunk.payload)
+    k = len(stream.layers) + 1
+    if layer.layer != k or layer.frame != 0 or layer.reference != REF_INTRA:
+        raise StreamError(f"corrupt stream: layer chunk #{k} is out of order")
+    if k > len(stream.header.counts) or layer.count != stream.header.counts[k - 1]:
+        raise StreamError(f"corrupt stream: layer {k} does not match the header")
+    stream.layers.append(layer)
+    stream.layer_bytes.append(chunk.size)
+    return True

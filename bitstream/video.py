@@ -17,6 +17,7 @@ from .container import (
     MAGIC,
     Chunk,
     StreamError,
+    TruncatedStream,
     check_range,
     read_chunk,
     read_signature,
@@ -167,24 +168,39 @@ class VideoStream:
     video: VideoHeader
     header_bytes: int
     max_layers: int  # layers read per frame (the others are skipped unread)
+    #: a file cut short ends the frames quietly (``cut_at`` tells where) instead of raising
+    partial: bool = False
+    #: frames complete (at max_layers) before the file ends; None while it has not ended early
+    cut_at: int | None = None
 
     def frames(self) -> Iterator[VideoFrame]:
         """Yield the frames in order, each with layers 1..max_layers; checks the structure."""
         offset = self.header_bytes
         for t in range(self.video.frames):
-            chunk = self._frame_chunk(t, offset)
-            offset += chunk.size
-            fh = self._frame_header(t, chunk)
-            reference = REF_INTRA if fh.type == FRAME_I else REF_PREVIOUS
-            layers = []
-            for l, size in enumerate(fh.sizes, start=1):
-                if l <= self.max_layers:
-                    layers.append(self._layer(t, l, size, reference, offset))
-                else:
-                    skip_bytes(self.src, size)  # not read: the decoder does not need it
-                offset += size
-            yield VideoFrame(fh, layers, chunk.size)
+            try:
+                frame, offset = self._read_frame(t, offset)
+            except TruncatedStream:
+                if not self.partial:
+                    raise
+                self.cut_at = t
+                return
+            yield frame
         self._check_end(offset)
+
+    def _read_frame(self, t: int, offset: int) -> tuple[VideoFrame, int]:
+        """Frame t (its FRAM chunk at or after ``offset``) and the offset after its layers."""
+        chunk = self._frame_chunk(t, offset)
+        offset = chunk.offset + chunk.size
+        fh = self._frame_header(t, chunk)
+        reference = REF_INTRA if fh.type == FRAME_I else REF_PREVIOUS
+        layers = []
+        for l, size in enumerate(fh.sizes, start=1):
+            if l <= self.max_layers:
+                layers.append(self._layer(t, l, size, reference, offset))
+            else:
+                skip_bytes(self.src, size)  # not read: the decoder does not need it
+            offset += size
+        return VideoFrame(fh, layers, chunk.size), offset
 
     def _frame_chunk(self, t: int, offset: int) -> Chunk:
         """The ``FRAM`` chunk of frame t at ``offset``, past any ancillary chunks."""
@@ -193,7 +209,7 @@ class VideoStream:
             offset += chunk.size  # ancillary chunks may stand between frames
             chunk = read_chunk(self.src, offset)
         if chunk is None:
-            raise StreamError(f"truncated stream: it holds {t} of {self.video.frames} frames")
+            raise TruncatedStream(f"truncated stream: it holds {t} of {self.video.frames} frames")
         if chunk.type != FRAME:
             raise StreamError(f"corrupt stream: expected the header of frame {t}, found {_name(chunk.type)}")
         return chunk
@@ -213,7 +229,7 @@ class VideoStream:
         """Layer l of frame t: a ``LAYR`` chunk of ``size`` file bytes at ``offset``."""
         chunk = read_chunk(self.src, offset)
         if chunk is None:
-            raise StreamError(f"truncated stream: frame {t} ends before layer {l}")
+            raise TruncatedStream(f"truncated stream: frame {t} ends before layer {l}")
         if chunk.type != LAYER or chunk.size != size:
             raise StreamError(f"corrupt stream: layer {l} of frame {t} does not match its frame header")
         layer = LayerChunk.unpack(chunk.payload)
@@ -238,13 +254,14 @@ def _name(ctype: bytes) -> str:
     return ctype.decode("ascii", "replace")
 
 
-def open_video(src: BinaryIO, max_layers: int | None = None) -> VideoStream:
-    """Read the signature, ``GHDR`` (kind 1) and ``VHDR`` of a video stream."""
+def open_video(src: BinaryIO, max_layers: int | None = None, partial: bool = False) -> VideoStream:
+    """Read the signature, ``GHDR`` (kind 1) and ``VHDR`` of a video stream (a cut inside
+    them is an error); ``partial``: frames end quietly where the file is cut short."""
     read_signature(src)
     offset = len(MAGIC) + 2
     first = read_chunk(src, offset)
     if first is None:
-        raise StreamError("truncated stream: no header")
+        raise TruncatedStream("truncated stream: no header")
     if first.type != HEADER:
         raise StreamError("corrupt stream: first chunk is not a header")
     header = Header.unpack(first.payload)
@@ -259,7 +276,7 @@ def open_video(src: BinaryIO, max_layers: int | None = None) -> VideoStream:
     offset += second.size
     nlayers = len(header.counts)
     k = nlayers if max_layers is None else max_layers
-    return VideoStream(src, header, video, offset, k)
+    return VideoStream(src, header, video, offset, k, partial)
 
 
 def peek_kind(data_head: bytes) -> int | None:

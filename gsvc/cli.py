@@ -466,9 +466,15 @@ def _decode_image(source, input, output, fmt, layers, scale, size, device, overw
         if output.suffix.lower() not in IMAGE_WRITERS:
             raise GsvcError(f"{output}: unsupported output extension {output.suffix or '(none)'} (use .png or .jpg)")
         _claim_output([output], input, overwrite)
-    rgb = decode_image(source, layers=layers, scale=scale, device=device, size=size)
+    rgb = decode_image(source, layers=layers, scale=scale, device=device, size=size, partial=True,
+                       notice=lambda line: _note(f"{_shown(input)}: {line}"))
     with _output_file(output, f".{fmt}") as dest:
         write_image(dest, rgb)
+
+
+def _shown(path) -> str:
+    """How an input is named in messages."""
+    return "stdin" if _is_stdio(path) else str(path)
 
 
 def _decode_video(source, input, output, fmt, layers, scale, size, device, overwrite) -> None:
@@ -479,18 +485,27 @@ def _decode_video(source, input, output, fmt, layers, scale, size, device, overw
         raise click.UsageError(f"--format {fmt}: {input} is a video stream (use mkv, avi, mp4 or mov)")
     if not _is_stream_output(output):
         check_video_output(output)
-    with open_video(source, layers) as reader:
+    from .decoder import cut_note
+
+    with open_video(source, layers, partial=True) as reader:
         if reader.frame_count == 0:
-            raise GsvcError(f"{input}: the stream holds no frames")
+            raise GsvcError(f"{_shown(input)}: the stream holds no frames")
         out = output_size(reader.width, reader.height, scale, size)
         if is_frame_pattern(output):
             _claim_output(_frame_files_present(output, reader.frame_count), input, overwrite)
         elif not _is_stream_output(output):
             _claim_output([output], input, overwrite)
+        frames = reader.frames(scale=scale, device=device, size=size)
+        first = next(frames, None)  # before any output exists: a stream cut inside frame 0 writes nothing
+        if first is None:
+            raise GsvcError(f"{_shown(input)}: the stream is cut short inside its first frame: nothing to decode")
         with (_output_file(output, f".{fmt}") as dest,
               video_output(dest, out.width, out.height, reader.fps, notice=_note) as write):
-            for frame in reader.frames(scale=scale, device=device, size=size):
+            write(first.rgb)
+            for frame in frames:
                 write(frame.rgb)
+        if reader.cut_at is not None:
+            _note(f"{_shown(input)}: {cut_note(reader.cut_at, reader.frame_count, 'frame')}")
 
 
 @main.command()
@@ -504,13 +519,15 @@ def info(input, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{'stdin' if _is_stdio(input) else input}: gsvc {data['kind']} (format {data['format_version']}), {data['width']}x{data['height']}, "
-               f"{len(data['layers'])} of {data['layers_encoded']} layers, {data['total_bytes']} bytes "
-               f"({data['bpp']:.4f} bpp, header {data['header_bytes']} bytes)")
+    click.echo(f"{_shown(input)}: gsvc {data['kind']} (format {data['format_version']}), "
+               f"{data['width']}x{data['height']}, {len(data['layers'])} of {data['layers_encoded']} layers, "
+               f"{data['total_bytes']} bytes ({data['bpp']:.4f} bpp, header {data['header_bytes']} bytes)"
+               + ("" if data["complete"] else "; incomplete: the file is cut short"))
     if data["kind"] == "video":
         frames = data["frame_list"]
         gops = data["i_frames"]
-        click.echo(f"{data['frames']} frames at {data['fps']:.3f} fps ({data['duration']:.2f} s), "
+        of = "" if data["frames"] == data["frames_encoded"] else f" of {data['frames_encoded']}"
+        click.echo(f"{data['frames']}{of} frames at {data['fps']:.3f} fps ({data['duration']:.2f} s), "
                    f"{gops} GOP{'s' if gops != 1 else ''} (I-frames; longest GOP allowed {data['gop']}), "
                    f"{data['layers'][-1]['cumulative_kbps']:.1f} kbit/s; per-layer totals over all frames:")
     _print_table([(row, None) for row in data["layers"]])
@@ -519,6 +536,51 @@ def info(input, as_json):
                                                        for i in range(len(data['layers']))))
         for f in frames:
             click.echo(f"{f['index']:>5} {f['type']:>4} " + " ".join(f"{b:>9}" for b in f["bytes"]))
+
+
+def _parse_frame_range(ctx, param, text: str | None) -> tuple[int, int | None] | None:
+    """'30-89' -> (30, 89); '30-' -> (30, None); '30' -> (30, 30). Frame indices as `info` lists them."""
+    if text is None:
+        return None
+    first, dash, last = text.partition("-")
+    try:
+        a = int(first)
+        b = (int(last) if last else None) if dash else a
+    except ValueError:
+        raise click.BadParameter(f"{text}: expected FIRST-LAST frame indices, e.g. 30-89 (or 30-)") from None
+    if a < 0 or (b is not None and b < a):
+        raise click.BadParameter(f"{text}: expected 0 <= FIRST <= LAST")
+    return a, b
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The new .gsv (- for stdout).")
+@click.option("--layers", type=click.IntRange(1, 255), help="Keep the first N layers (default: all).")
+@click.option("--frames", "frame_range", metavar="FIRST-LAST", callback=_parse_frame_range,
+              help="Video: keep these frames (indices as `gsvc info` lists them; FIRST moves back to its "
+                   "GOP's I-frame).")
+@_overwrite_options
+def extract(input, output, layers, frame_range, overwrite):
+    """Write a sub-stream of INPUT (- reads stdin): fewer layers and, for a video, a range of
+    frames; chunks are copied, nothing is re-encoded."""
+    from bitstream.extract import extract as extract_stream
+
+    from .files import atomic_output
+
+    data = _stdin_bytes() if _is_stdio(input) else _checked_input(input).read_bytes()
+    if not _is_stdio(output):
+        _claim_output([output], input, overwrite)
+    first, last = frame_range or (0, None)
+    new, got = extract_stream(data, layers, first, last)
+    with _output_file(output, ".gsv") as dest, atomic_output(dest) as tmp:
+        tmp.write_bytes(new)
+    what = f"{got.layers} of {got.layers_source} layers"
+    if got.frames:
+        what += f", frames {got.first_frame}-{got.first_frame + got.frames - 1} ({got.frames} of {got.frames_source})"
+        if frame_range and got.first_frame < first:
+            _note(f"frame {first} is a P-frame: the extract starts at its GOP's I-frame, frame {got.first_frame}")
+    click.echo(f"wrote {'stdout' if _is_stdio(output) else output}: {what}, {len(new)} bytes", err=True)
 
 
 @main.command("eval")

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from typing import TYPE_CHECKING
 
@@ -90,13 +90,16 @@ def stream_kind(source: Source) -> int:
     return kind
 
 
-def read(source: Source, layers: int | None = None) -> Stream:
-    """Parse an image stream's header and first ``layers`` layer chunks (all when None)."""
+def read(source: Source, layers: int | None = None, partial: bool = False) -> Stream:
+    """Parse an image stream's header and first ``layers`` layer chunks (all when None).
+
+    ``partial``: a file cut short gives the complete layers before the cut (``Stream.cut``).
+    """
     if stream_kind(source) == KIND_VIDEO:
         raise GsvcError(f"{_label(source)}is a video stream: decode it to a video or to frames")
     f = _open(source)
     try:
-        stream = read_stream(f, layers)
+        stream = read_stream(f, layers, partial=partial)
     except StreamError as e:
         raise _named(source, e) from None
     finally:
@@ -106,11 +109,18 @@ def read(source: Source, layers: int | None = None) -> Stream:
         have = len(stream.layers)
         total = len(stream.header.counts)
         raise GsvcError(
-            f"stream holds {have} layer{'s' if have != 1 else ''}"
-            + (f" (of {total} encoded)" if have != total else "")
+            f"{_label(source)}stream holds {have} {'complete ' if stream.cut else ''}layer{'s' if have != 1 else ''}"
+            + (f" (of {total} encoded{'; the file is cut short' if stream.cut else ''})" if have != total else "")
             + f", cannot decode {layers}"
         )
     return stream
+
+
+def cut_note(have: int, total: int, what: str) -> str:
+    """The one line that says a stream was cut short and what was decoded of it
+    (``what``: "layer" or "frame")."""
+    return (f"the stream is cut short: it holds {have} complete {what}{'s' if have != 1 else ''} of {total}; "
+            f"decoded {'it' if have == 1 else 'those'}")
 
 
 def _label(source: Source) -> str:
@@ -237,13 +247,21 @@ def decode_image(
     device: str = "cpu",
     backend: str | None = None,
     size: tuple[int, int] | None = None,
+    partial: bool = False,
+    notice: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Decode the first ``layers`` layers (all when None) of an image stream to [H, W, 3]
-    uint8, at ``scale`` x the encoded size or at ``size`` (W, H; one side 0 keeps the aspect)."""
+    uint8, at ``scale`` x the encoded size or at ``size`` (W, H; one side 0 keeps the aspect).
+
+    ``partial``: a file cut short decodes its complete layers, told by one ``notice`` line.
+    """
     _check_request(layers, scale)
-    stream = read(source, layers)
+    stream = read(source, layers, partial)
     if not stream.layers:
-        raise GsvcError("stream holds no layers")
+        raise GsvcError(f"{_label(source)}the stream is cut short inside layer 1: nothing to decode"
+                        if stream.cut else "stream holds no layers")
+    if layers is None and len(stream.layers) < len(stream.header.counts) and notice is not None:
+        notice(cut_note(len(stream.layers), len(stream.header.counts), "layer"))
     hdr = stream.header
     out = output_size(hdr.width, hdr.height, scale, size)  # refused before any entropy decoding
     params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
@@ -278,12 +296,12 @@ class DecodedFrame:
 class VideoReader:
     """An open video stream: its properties, then ``frames()`` one at a time."""
 
-    def __init__(self, source: Source, layers: int | None = None):
+    def __init__(self, source: Source, layers: int | None = None, partial: bool = False):
         _check_request(layers, 1.0)
         self._source = source
         self._file = _open(source)
         try:
-            self.stream: VideoStream = _open_video(self._file, layers)
+            self.stream: VideoStream = _open_video(self._file, layers, partial)
         except StreamError as e:
             self.close()
             raise _named(source, e) from None
@@ -300,6 +318,12 @@ class VideoReader:
         self.frame_count = self.stream.video.frames
         self.fps = Fraction(self.stream.video.fps_num, self.stream.video.fps_den)
         self.gop = self.stream.video.gop
+
+    @property
+    def cut_at(self) -> int | None:
+        """Frames complete before the file ends (partial reading, once frames ran out);
+        None while the stream has not ended early."""
+        return self.stream.cut_at
 
     def close(self) -> None:
         if self._file is not self._source:
@@ -348,10 +372,12 @@ class VideoReader:
             yield DecodedFrame(frame.header.frame, frame.type, rgb)
 
 
-def open_video(source: Source, layers: int | None = None) -> VideoReader:
+def open_video(source: Source, layers: int | None = None, partial: bool = False) -> VideoReader:
+    """An open video stream; ``partial``: frames end quietly where the file is cut short
+    (``reader.cut_at`` then tells how many frames were complete)."""
     if stream_kind(source) != KIND_VIDEO:
         raise GsvcError(f"{_label(source)}is an image stream, not a video")
-    return VideoReader(source, layers)
+    return VideoReader(source, layers, partial)
 
 
 def decode_video(source: Source, layers: int | None = None, scale: float = 1.0,
@@ -363,13 +389,16 @@ def decode_video(source: Source, layers: int | None = None, scale: float = 1.0,
 
 
 def stream_info(source: Source) -> dict:
-    """Describe a stream: the keys of ``gsvc info --json``."""
+    """Describe a stream: the keys of ``gsvc info --json``. A stream cut short is described
+    as far as it is complete (``complete`` false; ``layers`` lists the complete ones)."""
     if stream_kind(source) == KIND_VIDEO:
         return _video_info(source)
-    stream = read(source)
+    stream = read(source, partial=True)
     hdr = stream.header
-    return _info(hdr, stream.header_bytes, [c.count for c in stream.layers], stream.layer_bytes,
-                 hdr.width * hdr.height)
+    out = _info(hdr, stream.header_bytes, [c.count for c in stream.layers], stream.layer_bytes,
+                hdr.width * hdr.height)
+    out["complete"] = not stream.cut and len(stream.layers) == len(hdr.counts)
+    return out
 
 
 def _info(hdr, header_bytes: int, counts: list[int], layer_bytes: list[int], pixels: int) -> dict:
@@ -409,7 +438,7 @@ def _video_info(source: Source) -> dict:
     A frame's FRAM chunk is counted in its layer-1 bytes (a decoder of any layer count
     reads it), so ``cumulative_bytes`` of layer k is what a k-layer decoder reads.
     """
-    with open_video(source) as reader:
+    with open_video(source, partial=True) as reader:
         hdr = reader.stream.header
         nl = len(hdr.counts)
         frame_list = []
@@ -432,7 +461,9 @@ def _video_info(source: Source) -> dict:
             row["cumulative_kbps"] = 8.0 * row["cumulative_bytes"] / seconds / 1000 if seconds else 0.0
             row["max_gaussians"] = counts_max[row["index"] - 1]
         out.update(
+            complete=reader.cut_at is None,
             frames=frames,
+            frames_encoded=reader.frame_count,
             fps=float(reader.fps),
             fps_fraction=f"{reader.fps.numerator}/{reader.fps.denominator}",
             duration=seconds,
