@@ -60,14 +60,12 @@ def render(
     scale: Scale = 1.0,
 ) -> Tensor:  # [H, W, 3] unclamped
     """Render Gaussians given in encoded-resolution pixels at ``scale`` x that size
-    (a number, or (sx, sy)), supersampled where it shrinks (geometry.py)."""
+    (a number, or (sx, sy)); shrinking axes are area-resampled from the encoded size (geometry.py)."""
     rasterize = get_backend(backend)
 
-    def draw(h: int, w: int, s: Scale, top: int = 0) -> Tensor:
+    def draw(h: int, w: int, s: Scale) -> Tensor:
         sx, sy = scale_xy(s)
         m = means if (sx, sy) == (1.0, 1.0) else means * means.new_tensor([sx, sy])
-        if top:
-            m = m - m.new_tensor([0.0, float(top)])
         return rasterize(m, conics_from_chol(chol, s), colors, h, w)
 
     return _box_filtered(draw, height, width, scale)
@@ -92,52 +90,32 @@ def render_array(
     f32 = np.float32
     chol = np.asarray(chol, dtype=f32)
     col = np.ascontiguousarray(colors, dtype=f32)
-    spent = 0  # pixel-Gaussian pairs of the bands drawn so far
-
-    def draw(h: int, w: int, s: Scale, top: int = 0) -> np.ndarray:
-        nonlocal spent
-        m = np.asarray(means, dtype=f32) * np.asarray(scale_xy(s), dtype=f32)
-        if top:
-            m = m - np.asarray([0.0, top], dtype=f32)
-        m = np.ascontiguousarray(m)
+    def draw(h: int, w: int, s: Scale) -> np.ndarray:
+        m = np.ascontiguousarray(np.asarray(means, dtype=f32) * np.asarray(scale_xy(s), dtype=f32))
         c = np.ascontiguousarray(conics_from_chol(chol, s), dtype=f32)
         boxes = pixel_boxes(m, c, h, w)
         if max_work is not None:
-            spent += box_work(boxes)
-            if spent > max_work:
-                raise RenderTooLarge(spent, max_work)
+            work = box_work(boxes)
+            if work > max_work:
+                raise RenderTooLarge(work, max_work)
         return forward_sum(m, c, col, h, w, boxes)
 
     return _box_filtered(draw, height, width, scale)
 
 
-#: Supersampled pictures are drawn in bands of output rows of at most this many samples.
-BAND_SAMPLES = 1 << 24
-
-
 def _box_filtered(draw: Callable, height: int, width: int, scale: Scale):
-    """``draw(height, width, scale, top)``, or where an axis shrinks below SUPERSAMPLE_BELOW
-    the mean of m x m samples drawn at m times the scale, each clamped to [0, 1] as a
-    pixel of that finer picture would be (geometry.supersampling). The finer picture is
-    drawn in bands (``top``: its first sample row), so memory stays bounded."""
-    mx, my = supersampling(scale)
-    if (mx, my) == (1, 1):
-        return draw(height, width, scale)
+    """``draw(height, width, scale)``; where an axis shrinks (s < 1) it is drawn at the
+    encoded size instead (the picture the encoder fitted, clamped as its pixels are) and
+    area-resampled to the output: the box filter of the output pixel (geometry.py)."""
     sx, sy = scale_xy(scale)
-    fine_scale = (sx * mx, sy * my)
-    rows = max(1, BAND_SAMPLES // max(1, width * mx * mx * my * my))  # output rows per band
-    bands = []
-    for y0 in range(0, height, rows):
-        h = min(rows, height - y0)
-        fine = draw(h * my, width * mx, fine_scale, y0 * my).clip(0.0, 1.0)  # [h * my, W * mx, 3]
-        bands.append(fine.reshape(h, my, width, mx, 3).mean((1, 3)))
-    if len(bands) == 1:
-        return bands[0]
-    if isinstance(bands[0], np.ndarray):
-        return np.concatenate(bands)
-    import torch
+    if sx >= 1.0 and sy >= 1.0:
+        return draw(height, width, scale)
+    from .resample import area_shrink
 
-    return torch.cat(bands, dim=0)
+    fine_w = round(width / sx) if sx < 1.0 else width
+    fine_h = round(height / sy) if sy < 1.0 else height
+    fine = draw(fine_h, fine_w, (max(sx, 1.0), max(sy, 1.0)))
+    return area_shrink(fine.clip(0.0, 1.0), height, width)
 
 
 class RenderTooLarge(ValueError):

@@ -13,10 +13,11 @@ S = diag(sx, sy) of the encoded size (sx = sy = s for --scale):
 
 At scale 1 this is the picture the encoder fitted. Scaled, each Gaussian is the fitted
 one stretched with the picture, footprint included, so it keeps its share of the
-picture's energy at every size (an enlargement is a smooth upscale). When an axis
-shrinks below SUPERSAMPLE_BELOW, an output pixel is the mean of m x m samples drawn
-at m times the output scale (``supersampling``): the box filter of the output pixel,
-which point samples of Gaussians narrower than a pixel would alias.
+picture's energy at every size (an enlargement is a smooth upscale). An axis that
+shrinks (s < 1) is drawn at the encoded size instead, clamped, and area-resampled to
+the output (render/resample.py): the box filter of the output pixel, which point
+samples of Gaussians narrower than an output pixel would alias. A reduced decode is
+thus the fitted picture, shrunk.
 
 Pixel (row y, column x) has its centre at p = (x + 0.5, y + 0.5); means are in
 pixels of the encoded resolution. The functions below take numpy arrays (the decoder,

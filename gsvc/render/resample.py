@@ -35,13 +35,34 @@ def _integral_at(cum, pos: np.ndarray, values, axis: int, lib):
     return cum.index_select(axis, idx) + frac_b * values.index_select(axis, idx)
 
 
+#: Non-integer ratios go through float64 running sums in blocks of about this many values.
+_BLOCK_VALUES = 1 << 22
+
+
 def area_shrink_axis(img, n_out: int, axis: int):
-    """``img`` resampled along ``axis`` to ``n_out`` <= its length (area filter)."""
+    """``img`` resampled along ``axis`` (0 or 1 of [H, W, C]) to ``n_out`` <= its length."""
     lib = _lib(img)
     n_in = img.shape[axis]
     if n_out == n_in:
         return img
-    assert 1 <= n_out < n_in, (n_out, n_in)
+    assert 1 <= n_out < n_in and axis in (0, 1), (n_out, n_in, axis)
+    if n_in % n_out == 0:  # m x 1 blocks: a plain mean, no running sums
+        m = n_in // n_out
+        shape = (n_out, m) + tuple(img.shape[1:]) if axis == 0 else (img.shape[0], n_out, m) + tuple(img.shape[2:])
+        return img.reshape(shape).mean(axis + 1)
+    if lib is not np:
+        return _shrink_block(img, n_out, axis, lib)
+    other = img.shape[1 - axis]
+    step = max(1, _BLOCK_VALUES // max(1, n_in * img.shape[2]))
+    parts = []
+    for lo in range(0, other, step):  # blocks across the other axis bound the float64 temporaries
+        block = img[:, lo : lo + step] if axis == 0 else img[lo : lo + step]
+        parts.append(_shrink_block(block, n_out, axis, np))
+    return np.concatenate(parts, axis=1 - axis)
+
+
+def _shrink_block(img, n_out: int, axis: int, lib):
+    n_in = img.shape[axis]
     values = img.astype(np.float64) if lib is np else img.to(lib.float64)
     zero_shape = list(values.shape)
     zero_shape[axis] = 1
