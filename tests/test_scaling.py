@@ -92,3 +92,24 @@ def test_area_resampler_is_the_box_filter():
     t = torch.from_numpy(img).requires_grad_()
     area_shrink(t, 4, 6).sum().backward()  # differentiable: each input pixel's weights sum to its share
     np.testing.assert_allclose(t.grad.numpy(), np.full_like(img, 4 * 6 / (10 * 14)), atol=1e-6)
+
+
+def test_cli_size_and_scale(tmp_path):
+    from click.testing import CliRunner
+
+    from gsvc.cli import main
+    from gsvc.media import read_image
+
+    def run(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        return r.exit_code, r.stderr
+
+    code, err = run("decode", DATA / "tiny.gsv", "--size", "32x0", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    assert read_image(tmp_path / "a.png").shape == (24, 32, 3)
+    code, err = run("decode", DATA / "tiny_video.gsv", "--size", "0x6", "-o", tmp_path / "v.mkv")
+    assert code == 0, err
+    code, err = run("decode", DATA / "tiny.gsv", "--size", "32x0", "--scale", "2", "-o", tmp_path / "b.png")
+    assert code == 2 and "not both" in err
+    code, err = run("decode", DATA / "tiny.gsv", "--size", "0x0", "-o", tmp_path / "c.png")
+    assert code == 2 and not (tmp_path / "c.png").exists()
