@@ -182,3 +182,21 @@ def test_frame_pattern_claims_do_not_scale_with_the_claimed_count(tmp_path):
     found = _frame_files_present(tmp_path / "f_%04d.png", 1 << 24)
     assert [p.name for p in found] == ["f_0001.png", "f_0003.png"]
     assert [p.name for p in _frame_files_present(tmp_path / "f_%04d.png", 2)] == ["f_0001.png"]
+
+
+def test_full_disk_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The writer fails half-way (ENOSPC): one line, status 1, no partial or temporary file."""
+    import errno
+
+    import av
+
+    def full_disk(path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half a picture")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(av, "open", full_disk)
+    (tmp_path / "keep.png").write_bytes(b"old")
+    code, _, err = run("decode", GOLDEN, "-o", tmp_path / "keep.png", "-y")
+    assert code == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+    assert (tmp_path / "keep.png").read_bytes() == b"old"  # the old file is not clobbered
