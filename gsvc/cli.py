@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -250,10 +251,64 @@ def main() -> None:
     """Scalable image and video codec built on layered 2D Gaussian splatting."""
 
 
+@dataclass
+class _EncodeOptions:
+    """The ``encode`` command's options, one field per flag (click passes them by name):
+    a new flag is a ``click.option`` line on ``encode`` and a field here."""
+
+    gaussians: tuple[int, ...] | None = None
+    layers: int | None = None
+    iterations: int | None = None
+    preset: str = "medium"
+    training: str = "joint"
+    size: tuple[int, int] | None = None
+    max_frames: int | None = None
+    start: float = 0.0
+    gop: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    jobs: int = 1
+    ray: str | None = None
+    quiet: bool = False
+    overwrite: bool | None = None
+
+    def check(self) -> None:
+        """Usage errors (exit 2) and a missing Ray (exit 1), before any heavy import."""
+        if self.gaussians is not None and self.layers is not None and len(self.gaussians) != self.layers:
+            raise click.UsageError(f"--layers {self.layers} disagrees with --gaussians ({len(self.gaussians)} layers)")
+        if self.ray is not None and self.jobs != 1:
+            raise click.UsageError("--jobs and --ray exclude each other (Ray decides how many tasks run)")
+        if self.ray is not None:
+            import importlib.util
+
+            from .scale_out import RAY_HINT
+
+            if importlib.util.find_spec("ray") is None:
+                raise GsvcError(RAY_HINT)
+
+    def settings_for(self, w: int, h: int):
+        """The encoder settings for a picture (or video frames) of w x h."""
+        from .encoder import PRESETS, EncodeSettings, default_counts
+        from .train import TrainSettings
+
+        return EncodeSettings(
+            gaussians=self.gaussians or default_counts(w, h, self.layers or 3),
+            train=TrainSettings(iterations=self.iterations or PRESETS[self.preset], mode=self.training,
+                                seed=self.seed),
+            device=self.device,
+        )
+
+    def schedule(self):
+        from .scale_out import Schedule
+
+        return Schedule(jobs=self.jobs, ray=self.ray)
+
+
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output .gsv (default: INPUT with .gsv; - writes to stdout).")
+              help="Output .gsv (default: INPUT with .gsv; - writes to stdout); several inputs or a "
+                   "directory: a directory (created if missing), one NAME.gsv per picture.")
 @click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated (default scales 5000,2000,2000 at 768x512).")
 @click.option("--layers", type=click.IntRange(1, 255), help="Number of layers when --gaussians is not given (default 3).")
 @click.option("--iterations", type=click.IntRange(1), help="Training iterations in total (overrides --preset; video: per I-frame).")
@@ -264,74 +319,74 @@ def main() -> None:
               help="Resize the input first (one side 0 keeps the aspect ratio).")
 @click.option("--frames", "max_frames", type=click.IntRange(1, 1 << 24), help="Video: encode at most this many frames.")
 @click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
-@click.option("--gop", type=click.IntRange(1, 1 << 24), help="Video: an I-frame at least every N frames (default 30; 1 = all I-frames).")
+@click.option("--gop", type=click.IntRange(1, 1 << 24),
+              help="Video: closed GOPs of N frames, each starting with an I-frame (default 30; 1 = all I-frames).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Encode GOPs (or the pictures of a batch) in N worker processes; same bytes as 1.")
+@click.option("--ray", metavar="ADDRESS",
+              help="Encode GOPs (or pictures) as Ray tasks: auto (the running cluster, else a local one) "
+                   "or a cluster address such as ray://head:10001. Needs pip install 'gsvc[ray]'.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @_overwrite_options
-def encode(input, output, gaussians, layers, iterations, preset, training, size, max_frames, start, gop,
-           device, seed, quiet, overwrite):
-    """Fit layered Gaussians to an image or a video (INPUT; - reads stdin) and write a .gsv stream."""
-    counts = gaussians
-    if counts is not None and layers is not None and len(counts) != layers:
-        raise click.UsageError(f"--layers {layers} disagrees with --gaussians ({len(counts)} layers)")
+def encode(inputs, output, **options):
+    """Fit layered Gaussians to an image or a video (INPUT; - reads stdin) and write a .gsv stream.
+
+    Several pictures, or a directory of them, make a batch: one .gsv each in the -o directory.
+    """
+    opts = _EncodeOptions(**options)
+    opts.check()
+    batch = _batch_inputs(inputs)
+    if batch is not None:
+        _encode_batch(batch, output, opts)
+        return
+    input = inputs[0]
     if output is None:
         if _is_stdio(input):
             raise click.UsageError("reading stdin (-) needs -o (a file, or - for stdout)")
         output = input.with_suffix(".gsv")
     if not _is_stdio(output):
-        _claim_output([output], input, overwrite)
+        _claim_output([output], input, opts.overwrite)
         if output.suffix.lower() != ".gsv":
             _note(f"{output}: a gsvc stream is written whatever the extension (.gsv is usual)")
     with _input_file(input) as source, _output_file(output, ".gsv") as dest:
-        _encode(source, dest, counts, layers, iterations, preset, training, size, max_frames, start, gop,
-                device, seed, quiet, table_to_stderr=_is_stdio(output))
+        _encode(source, dest, opts, table_to_stderr=_is_stdio(output))
 
 
-def _encode(input, output, counts, layers, iterations, preset, training, size, max_frames, start, gop,
-            device, seed, quiet, table_to_stderr) -> None:
-    from .encoder import PRESETS, EncodeSettings, default_counts
+def _encode(input, output, opts: _EncodeOptions, table_to_stderr: bool) -> None:
     from .files import check_writable
     from .media import probe_video
-    from .train import TrainSettings
 
     video = probe_video(input)
     check_writable(output)  # fail on an unwritable destination before minutes of training
-
-    def settings_for(w: int, h: int) -> EncodeSettings:
-        return EncodeSettings(
-            gaussians=counts or default_counts(w, h, layers or 3),
-            train=TrainSettings(iterations=iterations or PRESETS[preset], mode=training, seed=seed),
-            device=device,
-        )
-
     if video is not None:
-        _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet, table_to_stderr)
+        _encode_video(video, output, opts, table_to_stderr)
         return
-    for flag, value in (("--frames", max_frames), ("--start", start or None), ("--gop", gop)):
+    for flag, value in (("--frames", opts.max_frames), ("--start", opts.start or None), ("--gop", opts.gop)):
         if value is not None:
             _note(f"{input} is a still picture: {flag} applies to videos only")
-    _encode_image(input, output, settings_for, size, quiet, table_to_stderr)
+    _encode_image(input, output, opts, table_to_stderr)
 
 
 def _note(message: str) -> None:
     click.echo(f"gsvc: note: {message}", err=True)
 
 
-def _encode_image(input, output, settings_for, size, quiet, table_to_stderr) -> None:
+def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
     from .decoder import decode_image, stream_info
     from .encoder import encode_image
     from .files import atomic_output
     from .media import read_image
     from .metrics import psnr
 
-    rgb = read_image(input, notice=_note, size=size)
+    rgb = read_image(input, notice=_note, size=opts.size)
     h, w = rgb.shape[:2]
-    settings = settings_for(w, h)
+    settings = opts.settings_for(w, h)
     counts = settings.gaussians
     start = time.perf_counter()
     total = settings.train.iterations
-    if quiet:
+    if opts.quiet:
         result = encode_image(rgb, settings)
     else:
         click.echo(f"{input}: {w}x{h}, {len(counts)} layers of {','.join(map(str, counts))} Gaussians", err=True)
@@ -344,7 +399,7 @@ def _encode_image(input, output, settings_for, size, quiet, table_to_stderr) -> 
     seconds = time.perf_counter() - start
     with atomic_output(output) as tmp:
         tmp.write_bytes(result.data)
-    if not quiet:
+    if not opts.quiet:
         info = stream_info(result.data)
         click.echo(f"wrote {output}: {len(result.data)} bytes, {info['bpp']:.3f} bpp, {seconds:.1f} s", err=True)
         rows = []
@@ -354,7 +409,80 @@ def _encode_image(input, output, settings_for, size, quiet, table_to_stderr) -> 
         _print_table(rows, table_to_stderr)
 
 
-def _encode_video(video, output, settings_for, size, max_frames, start, gop, quiet, table_to_stderr) -> None:
+#: Picture extensions taken from a directory given as the input of a batch.
+BATCH_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _batch_inputs(inputs: tuple[Path, ...]) -> list[Path] | None:
+    """The pictures of a batch (several inputs, or directories of pictures, in name
+    order), or None for a single input."""
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        return None
+    paths = []
+    for path in inputs:
+        if _is_stdio(path):
+            raise click.UsageError("stdin (-) cannot be part of a batch of inputs")
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in BATCH_EXTENSIONS and p.is_file())
+            if not found:
+                kinds = ", ".join(sorted(BATCH_EXTENSIONS))
+                raise GsvcError(f"{path}: is a directory with no pictures ({kinds}) to encode")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def _batch_outputs(paths: list[Path], output: Path | None, overwrite: bool | None) -> list[Path]:
+    """One DIR/NAME.gsv per picture; DIR is created if missing; -y/-n apply to every file."""
+    if output is None or _is_stdio(output):
+        raise click.UsageError("several inputs (or a directory) need -o DIRECTORY")
+    if output.exists() and not output.is_dir():
+        raise GsvcError(f"{output}: not a directory (a batch writes one .gsv per picture into a directory)")
+    outputs = [output / f"{p.stem}.gsv" for p in paths]
+    seen: dict[Path, Path] = {}
+    for src, out in zip(paths, outputs):
+        if out in seen:
+            raise GsvcError(f"{seen[out]} and {src} would both be written to {out}")
+        seen[out] = src
+    for src, out in zip(paths, outputs):
+        _claim_output([out], src, overwrite=True)  # the input itself, a directory in the way
+    _confirm_replace([out for out in outputs if out.exists()], overwrite)
+    output.mkdir(parents=True, exist_ok=True)
+    return outputs
+
+
+def _encode_batch(paths: list[Path], output: Path | None, opts: _EncodeOptions) -> None:
+    """Pictures as independent units (in worker processes or Ray tasks if asked), each
+    written to its own file, atomically, in input order as they complete."""
+    from .files import atomic_output, check_input_file, check_writable
+    from .media import probe_video, read_image
+    from .scale_out import ImageUnit, encode_image_batch
+
+    outputs = _batch_outputs(paths, output, opts.overwrite)
+    for path in paths:
+        check_input_file(path)
+        if probe_video(path) is not None:
+            raise GsvcError(f"{path}: a video; a batch takes pictures only (encode videos one at a time)")
+    check_writable(outputs[0])
+
+    def units():
+        for index, path in enumerate(paths):
+            rgb = read_image(path, notice=_note, size=opts.size)
+            yield ImageUnit(index, str(path), rgb, opts.settings_for(rgb.shape[1], rgb.shape[0]))
+
+    for done in encode_image_batch(units(), opts.schedule()):
+        out = outputs[done.unit.index]
+        with atomic_output(out) as tmp:
+            tmp.write_bytes(done.result.data)
+        if not opts.quiet:
+            h, w = done.unit.rgb.shape[:2]
+            click.echo(f"[{done.done}/{len(paths)}] wrote {out}: {len(done.result.data)} bytes, "
+                       f"{8 * len(done.result.data) / (w * h):.3f} bpp, {done.result.seconds:.1f} s; "
+                       f"{done.done / done.seconds:.2f} pictures/s", err=True)
+
+
+def _encode_video(video, output, opts: _EncodeOptions, table_to_stderr) -> None:
     from .decoder import stream_info
     from .files import atomic_output
     from .media import fit_size, read_video
@@ -362,37 +490,47 @@ def _encode_video(video, output, settings_for, size, max_frames, start, gop, qui
 
     if video.has_audio:
         _note(f"{video.path}: has audio; gsvc codes the pictures only")
-    w, h = fit_size(size, video.width, video.height)
-    settings = settings_for(w, h)
-    structure = CodingStructure(gop=gop) if gop else CodingStructure()
+    w, h = fit_size(opts.size, video.width, video.height)
+    settings = opts.settings_for(w, h)
+    structure = CodingStructure(gop=opts.gop) if opts.gop else CodingStructure()
     estimate = video.frames or round(video.duration * float(video.fps))
-    if start:
-        estimate = max(0, estimate - round(start * float(video.fps)))
-    if max_frames:
-        estimate = min(estimate, max_frames) if estimate else max_frames
-    frames = read_video(video, start=start, max_frames=max_frames, size=size, notice=_note)
+    if opts.start:
+        estimate = max(0, estimate - round(opts.start * float(video.fps)))
+    if opts.max_frames:
+        estimate = min(estimate, opts.max_frames) if estimate else opts.max_frames
+    frames = read_video(video, start=opts.start, max_frames=opts.max_frames, size=opts.size, notice=_note)
+    schedule = opts.schedule()
     begin = time.perf_counter()
     with atomic_output(output) as tmp, open(tmp, "wb") as out:
-        if quiet:
-            summary = encode_video(frames, out, w, h, video.fps, settings, structure)
+        if opts.quiet:
+            summary = encode_video(frames, out, w, h, video.fps, settings, structure, schedule=schedule)
         else:
             counts = settings.gaussians
+            units = -(-max(1, estimate) // structure.gop)
             click.echo(f"{video.path}: {w}x{h} video, {float(video.fps):.3f} fps, {len(counts)} layers of "
                        f"{','.join(map(str, counts))} Gaussians per frame, GOP {structure.gop}", err=True)
             with click.progressbar(length=max(1, estimate), label="frames", file=sys.stderr,
                                    item_show_func=lambda p: p, show_pos=True) as bar:
-                def on_frame(r) -> None:
-                    bar.update(1, f"frame {r.index} {r.type} {r.psnr:.2f} dB {r.seconds:.1f} s/frame")
+                last = []
 
-                summary = encode_video(frames, out, w, h, video.fps, settings, structure, on_frame)
+                def on_frame(r) -> None:
+                    last[:] = [r]
+
+                def on_progress(p) -> None:
+                    r = last[0]
+                    bar.update(1, f"GOPs {p.units}/{units}, {p.fps:.2f} frames/s; "
+                                  f"frame {r.index} {r.type} {r.psnr:.2f} dB")
+
+                summary = encode_video(frames, out, w, h, video.fps, settings, structure, on_frame,
+                                       schedule=schedule, on_progress=on_progress)
     seconds = time.perf_counter() - begin
-    if quiet:
+    if opts.quiet:
         return
     info = stream_info(output)
     kinds = summary.by_type
     click.echo(f"wrote {output}: {info['frames']} frames ({kinds['I'].frames} I, {kinds['P'].frames} P), "
                f"{info['total_bytes']} bytes, {info['layers'][-1]['cumulative_kbps']:.1f} kbit/s, "
-               f"{info['bpp']:.4f} bpp, {seconds:.1f} s", err=True)
+               f"{info['bpp']:.4f} bpp, {seconds:.1f} s ({info['frames'] / seconds:.2f} frames/s)", err=True)
     for t, totals in kinds.items():
         if totals.frames:
             n = totals.frames

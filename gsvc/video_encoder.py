@@ -21,15 +21,21 @@
   P-frame falls more than ``cut_drop_db`` below the GOP's I-frame, is coded as an
   I-frame instead (no smeared P-frame survives).
 
-Frames stream in and out: the encoder holds the current frame and the previous
-frame's integer layers, never the whole video.
+* **Closed GOPs on a fixed grid:** frames ``[u*gop, (u+1)*gop)`` form unit ``u``,
+  coded by a fresh encoder state (``GopUnit``, ``encode_gop``) that starts with an
+  I-frame and shares nothing with other units, so units can be coded in parallel
+  (``scale_out``) and any schedule writes the same bytes.
+
+Frames stream in and out: the serial encoder holds the current frame and the previous
+frame's integer layers, never the whole video; the parallel one holds at most a few
+GOPs (``scale_out.Schedule.window``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -53,9 +59,18 @@ from .train import refine
 
 @dataclass
 class CodingStructure:
-    """How frames are coded in time (after Cool-chic's ``CodingStructure``)."""
+    """How frames are coded in time (after Cool-chic's ``CodingStructure``).
 
-    #: an I-frame at least every ``gop`` frames (1: every frame is an I-frame)
+    GOPs are closed and lie on a fixed grid: frame ``t`` belongs to unit ``t // gop``,
+    every unit starts with an I-frame and is coded from a fresh encoder state (its
+    random generator seeded from the seed and the unit index, ``unit_seed``), with no
+    state carried over from the unit before. Scene cuts may add I-frames inside a unit;
+    they do not move the grid (the next unit still starts at the next multiple of
+    ``gop``). So units are independent pieces of work, and a serial encode and a
+    parallel one (``encode_video(..., schedule=)``) write the same bytes.
+    """
+
+    #: closed GOPs of ``gop`` frames, each starting with an I-frame (1: all I-frames)
     gop: int = 30
     #: P-frame training iterations as a share of the I-frame iterations
     p_share: float = 0.15
@@ -165,15 +180,26 @@ def _draws_something(layer: GaussianLayer, width: int, height: int, color_step: 
     return ~(outside | (peak < 0.5 * color_step))
 
 
+def unit_seed(seed: int, unit: int) -> int:
+    """The seed of GOP unit ``unit``'s random generator: a fixed mix of both (SplitMix64)."""
+    z = (seed * 0x9E3779B97F4A7C15 + unit + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1  # below 2^63: torch's seed range
+
+
 class _Encoder:
-    def __init__(self, settings: EncodeSettings, structure: CodingStructure, width: int, height: int):
+    """The coding state of one GOP unit: a fresh one per unit (``unit`` picks its seed)."""
+
+    def __init__(self, settings: EncodeSettings, structure: CodingStructure, width: int, height: int,
+                 unit: int = 0):
         self.settings = settings
         self.structure = structure
         self.width, self.height = width, height
         self.steps = settings.quant.steps()
         self.counts = settings.counts_for(width, height)
         self.device, self.backend = settings.device_and_backend()
-        self.generator = torch.Generator().manual_seed(settings.train.seed)
+        self.generator = torch.Generator().manual_seed(unit_seed(settings.train.seed, unit))
         self.reference: list[np.ndarray] | None = None  # decoder's integer layers of the last frame
         self.gop_psnr = 0.0  # the current GOP's I-frame PSNR
         self.since_i = 0
@@ -277,6 +303,104 @@ class _Encoder:
         return ftype, chunks, report
 
 
+@dataclass
+class CodedFrame:
+    """One coded frame: what ``VideoWriter.write_frame`` takes, and its report."""
+
+    type: int  # FRAME_I or FRAME_P
+    chunks: list[LayerChunk]
+    report: FrameReport
+
+
+@dataclass
+class GopUnit:
+    """A closed GOP as a unit of work: frames ``first .. first + len(frames) - 1``."""
+
+    index: int  # the unit's place on the grid: first == index * structure.gop
+    first: int
+    frames: np.ndarray  # [n, H, W, 3] uint8, n <= structure.gop
+    settings: EncodeSettings
+    structure: CodingStructure
+
+    def __str__(self) -> str:
+        last = self.first + len(self.frames) - 1
+        return f"GOP {self.index} (frames {self.first}-{last})"
+
+
+def encode_gop(unit: GopUnit) -> list[CodedFrame]:
+    """Code one GOP unit from a fresh encoder state (runs in a worker, or in-process)."""
+    _, height, width, _ = unit.frames.shape
+    encoder = _Encoder(unit.settings, unit.structure, width, height, unit.index)
+    return [CodedFrame(*encoder.frame(unit.first + i, rgb)) for i, rgb in enumerate(unit.frames)]
+
+
+def _checked(frames: Iterable[np.ndarray], width: int, height: int) -> Iterator[np.ndarray]:
+    for index, rgb in enumerate(frames):
+        if rgb.shape != (height, width, 3):
+            raise GsvcError(f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
+        yield rgb
+
+
+def gop_units(frames: Iterable[np.ndarray], settings: EncodeSettings, structure: CodingStructure) -> Iterator[GopUnit]:
+    """Group frames into GOP units on the fixed grid (read lazily, one GOP at a time)."""
+    batch: list[np.ndarray] = []
+    index = 0
+    for rgb in frames:
+        batch.append(rgb)
+        if len(batch) == structure.gop:
+            yield GopUnit(index, index * structure.gop, np.stack(batch), settings, structure)
+            batch, index = [], index + 1
+    if batch:
+        yield GopUnit(index, index * structure.gop, np.stack(batch), settings, structure)
+
+
+def _serial(frames: Iterable[np.ndarray], settings: EncodeSettings, structure: CodingStructure,
+            width: int, height: int) -> Iterator[tuple[CodedFrame, int]]:
+    """Frame by frame in this process, a fresh encoder state at every unit boundary: the
+    same coding as ``encode_gop`` (the same bytes) without reading a GOP ahead. Yields
+    each frame and the number of units finished with it. Not retried: the frames of a
+    streamed GOP are gone, and a failure in this process would repeat (retries are for
+    workers that die)."""
+    encoder = None
+    gop = structure.gop
+    for index, rgb in enumerate(frames):
+        unit = index // gop
+        if index % gop == 0:
+            encoder = _Encoder(settings, structure, width, height, unit)
+        try:
+            coded = CodedFrame(*encoder.frame(index, rgb))
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one line naming the unit, as scale_out says it for workers
+            from .scale_out import UnitFailed, describe_error
+
+            raise UnitFailed(f"GOP {unit} (from frame {unit * gop}), frame {index}: {describe_error(e)}") from e
+        yield coded, (index + 1) // gop
+
+
+def _parallel(frames: Iterable[np.ndarray], settings: EncodeSettings, structure: CodingStructure,
+              schedule) -> Iterator[tuple[CodedFrame, int]]:
+    """GOP units through ``scale_out.run_units``, in stream order."""
+    from .scale_out import run_units
+
+    for done in run_units(encode_gop, gop_units(frames, settings, structure), schedule):
+        for coded in done.result:
+            yield coded, done.done - (coded is not done.result[-1])
+
+
+@dataclass
+class VideoProgress:
+    """The whole job so far, after each frame written (``on_progress``)."""
+
+    frames: int  # frames written
+    units: int  # GOP units finished
+    seconds: float  # since the encode started
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
 def encode_video(
     frames: Iterable[np.ndarray],  # each [H, W, 3] uint8, all of one size
     out: BinaryIO,  # seekable: the frame count is patched at the end
@@ -286,22 +410,36 @@ def encode_video(
     settings: EncodeSettings,
     structure: CodingStructure | None = None,
     on_frame: FrameCallback | None = None,
+    schedule=None,  # scale_out.Schedule; None: frame by frame in this process
+    on_progress: Callable[[VideoProgress], None] | None = None,
 ) -> VideoSummary:
-    """Encode frames one by one into ``out`` as a video stream (FORMAT.md, section 7)."""
+    """Encode frames into ``out`` as a video stream (FORMAT.md, section 7).
+
+    GOP units (``CodingStructure``) are coded in this process one frame at a time, or
+    in parallel as ``schedule`` says; the bytes are the same either way. Frames are
+    written in order as they are coded; ``on_frame`` and ``on_progress`` follow them.
+    """
     structure = structure or CodingStructure()
-    encoder = _Encoder(settings, structure, width, height)
+    begin = time.perf_counter()
+    counts = settings.counts_for(width, height)
+    steps = settings.quant.steps()
     fps = Fraction(fps).limit_denominator(1 << 20)
-    header = Header(width=width, height=height, counts=encoder.counts, steps=encoder.steps, kind=KIND_VIDEO)
+    header = Header(width=width, height=height, counts=counts, steps=steps, kind=KIND_VIDEO)
     writer = VideoWriter(out, header, VideoHeader(0, fps.numerator, fps.denominator, structure.gop))
     summary = VideoSummary()
-    for index, rgb in enumerate(frames):
-        if rgb.shape != (height, width, 3):
-            raise GsvcError(f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
-        ftype, chunks, report = encoder.frame(index, rgb)
-        report.bytes = writer.write_frame(ftype, chunks)
+    frames = _checked(frames, width, height)
+    if schedule is None or not schedule.parallel:
+        coded_frames = _serial(frames, settings, structure, width, height)
+    else:
+        coded_frames = _parallel(frames, settings, structure, schedule)
+    for coded, units in coded_frames:
+        report = coded.report
+        report.bytes = writer.write_frame(coded.type, coded.chunks)
         summary.add(report)
         if on_frame is not None:
             on_frame(report)
+        if on_progress is not None:
+            on_progress(VideoProgress(summary.frames, units, time.perf_counter() - begin))
     if summary.frames == 0:
         raise GsvcError("no frames to encode")
     writer.finish()
