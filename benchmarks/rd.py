@@ -115,17 +115,23 @@ def j2k_encode(rgb: np.ndarray, ratios: list[float]) -> bytes:
     return buf.getvalue()
 
 
-def j2k_decode(data: bytes, layers: int | None = None) -> np.ndarray:
-    """Decode a codestream; with ``layers``, only its first quality layers.
+def j2k_decode(data: bytes, layers: int | None = None, reduce: int = 0) -> np.ndarray:
+    """Decode a codestream; with ``layers``, only its first quality layers; with
+    ``reduce`` = r, at 1/2^r of its size (the r finest wavelet levels left out; each
+    side becomes ceil(side / 2^r)).
 
     Pillow's ``im.layers = k`` is documented but (Pillow <= 13) only reaches the
-    decoder when ``im.reduce`` is also set, so the layer limit goes into the decoder
-    arguments of the tile directly: (codec, reduce, layers, fd, length).
+    decoder when ``im.reduce`` is also set (then ``load`` passes both), so without a
+    reduction the layer limit goes into the decoder arguments of the tile directly:
+    (codec, reduce, layers, fd, length).
     """
     from PIL import Image
 
     im = Image.open(io.BytesIO(data))
-    if layers:
+    if reduce:
+        im.reduce = reduce
+        im.layers = layers or 0
+    elif layers:
         im.layers = layers
         tile, = im.tile
         args = (tile[3][0], tile[3][1], layers, *tile[3][3:])
@@ -211,8 +217,11 @@ def j2k_layer_prefixes(data: bytes) -> list[bytes]:
     return prefixes
 
 
-def run_jpeg2000(rgb: np.ndarray, budgets: list[int], rounds: int = 4) -> tuple[list[dict], dict]:
-    """One layered JPEG 2000 stream rate-controlled to the cumulative ``budgets``."""
+def j2k_rate_controlled(rgb: np.ndarray, budgets: list[int], rounds: int = 4):
+    """One layered JPEG 2000 stream whose layer k ends as near as possible to the
+    cumulative ``budgets[k - 1]``: (codestream, per-layer prefixes, their sizes,
+    compression ratios, worst relative size error). Prefixes and sizes are None when the
+    codestream cannot be split (the error is then its message)."""
     raw = rgb.size
     ratios = [max(1.0, raw / b) for b in budgets]
     best = None
@@ -235,7 +244,12 @@ def run_jpeg2000(rgb: np.ndarray, budgets: list[int], rounds: int = 4) -> tuple[
         if err < 0.01:
             break
         ratios = [r * s / b for r, s, b in zip(ratios, sizes, budgets)]
-    data, prefixes, sizes, ratios, err = best
+    return best
+
+
+def run_jpeg2000(rgb: np.ndarray, budgets: list[int], rounds: int = 4) -> tuple[list[dict], dict]:
+    """One layered JPEG 2000 stream rate-controlled to the cumulative ``budgets``."""
+    data, prefixes, sizes, ratios, err = j2k_rate_controlled(rgb, budgets, rounds)
     rows, verified = [], True
     for k, budget in enumerate(budgets, start=1):
         decoded = j2k_decode(data, layers=k)

@@ -261,6 +261,7 @@ class _EncodeOptions:
     iterations: int | None = None
     preset: str = "medium"
     training: str = "joint"
+    resolution_layers: bool = False
     size: tuple[int, int] | None = None
     max_frames: int | None = None
     start: float = 0.0
@@ -289,12 +290,13 @@ class _EncodeOptions:
     def settings_for(self, w: int, h: int):
         """The encoder settings for a picture (or video frames) of w x h."""
         from .encoder import PRESETS, EncodeSettings, default_counts
-        from .train import TrainSettings
+        from .train import RESOLUTION_LAYERS, TrainSettings
 
         return EncodeSettings(
             gaussians=self.gaussians or default_counts(w, h, self.layers or 3),
             train=TrainSettings(iterations=self.iterations or PRESETS[self.preset], mode=self.training,
-                                seed=self.seed),
+                                seed=self.seed,
+                                resolution_scales=RESOLUTION_LAYERS if self.resolution_layers else None),
             device=self.device,
         )
 
@@ -315,6 +317,8 @@ class _EncodeOptions:
 @click.option("--preset", type=click.Choice(["fast", "medium", "slow"]), default="medium", show_default=True)
 @click.option("--training", type=click.Choice(["joint", "sequential"]), default="joint", show_default=True,
               help="joint: P-GSVC (all layers every step); sequential: LIG-style baseline.")
+@click.option("--resolution-layers", is_flag=True,
+              help="Train layer 1 as a quarter-size and layers 1-2 as a half-size picture too (thumbnails).")
 @click.option("--size", metavar="WxH", callback=_parse_size,
               help="Resize the input first (one side 0 keeps the aspect ratio).")
 @click.option("--frames", "max_frames", type=click.IntRange(1, 1 << 24), help="Video: encode at most this many frames.")

@@ -16,6 +16,22 @@ Joint schedule (the default):
 3. The last ``qat_share`` of iterations renders every parameter through the stream's
    quantizer with a straight-through gradient (quantization-aware fine-tuning).
 
+Resolution layers (``TrainSettings.resolution_scales``, off by default): the
+intermediate term of step 2 also compares layers 1..k with the target at a smaller
+size s_k (e.g. layer 1 at 1/4, layers 1-2 at 1/2), drawn as the decoder draws that
+scale (``decode_image(scale=s_k)``: the full-size picture, clamped, area-resampled)
+against the target area-resampled to that size, so that the first layers make good
+thumbnails:
+
+    MSE(layers 1..L) + intermediate_weight * (MSE_{s_k}(layers 1..k)
+                                              + resolution_full_weight * MSE(layers 1..k))
+
+``resolution_full_weight`` = 0 trains layers 1..k for their scale alone (the best
+thumbnail, at a large cost at full size); 1 (the default) keeps them a full-size
+picture too. The full reconstruction always trains at full size. The thumbnail is
+resampled from the full-size render of layers 1..k that the joint loss draws anyway:
+no extra rendering.
+
 Sequential ("LIG") training is the baseline: layer l is fitted for 1/L of the
 iterations with layers 1..l-1 frozen at their quantized values.
 """
@@ -27,14 +43,20 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from .decoder import output_size
 from .metrics import psnr_from_mse
 from .loss import clamped_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .quantize import fake_quantize
 from .render import render
+from .render.resample import area_shrink
 
 Progress = Callable[[int, int, float], None]  # (iteration done, total, PSNR of full render)
+
+#: ``resolution_scales`` of resolution layers (``--resolution-layers``): layer 1 trained
+#: as a quarter-size thumbnail, layers 1-2 at half size, anything above at full size.
+RESOLUTION_LAYERS = (0.25, 0.5)
 
 
 @dataclass
@@ -61,6 +83,31 @@ class TrainSettings:
     base_uniform_share: float = 0.3
     #: random seed of the initialization
     seed: int = 0
+    #: resolution layers: entry k-1 is the scale s_k (of the encoded size, in (0, 1]) at
+    #: which the joint loss trains the intermediate reconstruction of layers 1..k, drawn
+    #: as ``decode_image(layers=k, scale=s_k)`` draws it, against the target shrunk with
+    #: the area filter to that size. Layers past the tuple, and always the full
+    #: reconstruction of all layers, train at full size only. None (default): all at full
+    #: size. RESOLUTION_LAYERS = (1/4, 1/2). Joint mode only (the sequential baseline
+    #: ignores it); video P-frames (``refine``) use it too.
+    resolution_scales: tuple[float, ...] | None = None
+    #: resolution layers: weight of the full-size term of layers 1..k next to their term at
+    #: s_k < 1 (weight 1). 1 keeps them a good full-size picture as well; 0 trains them for
+    #: s_k alone (better thumbnails, much worse full-size pictures: docs/results.md).
+    resolution_full_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.resolution_scales is not None:
+            self.resolution_scales = tuple(float(s) for s in self.resolution_scales)
+            if not all(0.0 < s <= 1.0 for s in self.resolution_scales):
+                raise ValueError(f"resolution scales must lie in (0, 1]: {self.resolution_scales}")
+        if self.resolution_full_weight < 0:
+            raise ValueError(f"resolution_full_weight must be at least 0: {self.resolution_full_weight}")
+
+    def intermediate_scale(self, k: int) -> float:
+        """The scale at which the reconstruction of layers 1..k (k < L) is trained."""
+        scales = self.resolution_scales or ()
+        return scales[k - 1] if k <= len(scales) else 1.0
 
 
 def _stage_iterations(settings: TrainSettings, num_layers: int) -> list[int]:
@@ -90,23 +137,67 @@ def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str) -> Te
     return render(g.means, g.chol, g.colors, h, w, backend=backend)
 
 
+class ScaledTargets:
+    """The training target, and its area-downscaled copies at the sizes the decoder draws
+    for given scales (``decoder.output_size``), each computed once."""
+
+    def __init__(self, full: Tensor):  # [H, W, 3]
+        self.full = full
+        self._scaled: dict[float, Tensor] = {}
+
+    def at(self, scale: float) -> Tensor:
+        if scale == 1.0:
+            return self.full
+        if scale not in self._scaled:
+            h, w = self.full.shape[:2]
+            out = output_size(w, h, scale)
+            self._scaled[scale] = area_shrink(self.full, out.height, out.width)
+        return self._scaled[scale]
+
+
+def render_scaled(layers: list[GaussianLayer], full_render: Tensor, scale: float, height: int, width: int,
+                  backend: str) -> Tensor:  # [height, width, 3] in [0, 1]
+    """``layers`` drawn at ``scale`` < 1 as the decoder draws it (height x width from
+    ``output_size``): their full-size picture, clamped, area-resampled (FORMAT.md,
+    section 5). ``full_render``: the same layers' unclamped render at scale 1, which the
+    joint loss draws anyway, so a thumbnail costs no extra rendering."""
+    return area_shrink(full_render.clamp(0.0, 1.0), height, width)
+
+
+def _intermediate_mse(layers: list[GaussianLayer], low: Tensor, targets: ScaledTargets,
+                      settings: TrainSettings, k: int, backend: str) -> Tensor:
+    """The intermediate term of layers 1..k (``low``: their full-size render): at full size,
+    or with resolution layers at s_k plus ``resolution_full_weight`` x at full size."""
+    scale = settings.intermediate_scale(k)
+    if scale == 1.0:
+        return clamped_mse(low, targets.full)
+    target = targets.at(scale)
+    pred = render_scaled(layers, low, scale, target.shape[0], target.shape[1], backend)
+    mse = clamped_mse(pred, target)
+    if settings.resolution_full_weight:
+        mse = mse + settings.resolution_full_weight * clamped_mse(low, targets.full)
+    return mse
+
+
 def joint_loss(
     present: list[GaussianLayer],
-    target: Tensor,  # [H, W, 3]
+    targets: ScaledTargets,
     it: int,
     settings: TrainSettings,
     backend: str,
     joint: bool = True,
 ) -> tuple[Tensor, Tensor]:  # (loss, MSE of the full render)
     """The P-GSVC objective of iteration ``it``: MSE(layers 1..L) + w * MSE(layers 1..k),
-    k = 1 + it mod (L - 1); both from one render, the sum being additive."""
+    k = 1 + it mod (L - 1); both from one render, the sum being additive. With resolution
+    layers the second term is also taken at ``settings.intermediate_scale(k)``."""
+    target = targets.full
     h, w = target.shape[:2]
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
         low = _render_sum(present[:k], h, w, backend)
         full = low + _render_sum(present[k:], h, w, backend)
         full_mse = clamped_mse(full, target)
-        part_mse = clamped_mse(low, target)
+        part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
         return full_mse + settings.intermediate_weight * part_mse, full_mse
     full = _render_sum(present, h, w, backend)
     full_mse = clamped_mse(full, target)
@@ -140,6 +231,7 @@ def refine(
         g["lr"] = g["base_lr"]
     optimizer = torch.optim.Adam(groups, eps=1e-15, foreach=True)
     qat_from = iterations - round(iterations * settings.qat_share)
+    targets = ScaledTargets(target)
     for it in range(iterations):
         decay = settings.lr_final_ratio ** (it / max(1, iterations - 1))
         for group in optimizer.param_groups:
@@ -148,7 +240,7 @@ def refine(
             present = [quantizer(l, layer) for l, layer in enumerate(layers)]
         else:
             present = layers
-        loss, full_mse = joint_loss(present, target, it, settings, backend)
+        loss, full_mse = joint_loss(present, targets, it, settings, backend)
         if rate is not None and rate_weight > 0:
             loss = loss + rate_weight * sum(rate(l, layer) for l, layer in enumerate(layers))
         optimizer.zero_grad(set_to_none=True)
@@ -182,6 +274,7 @@ def fit(
     stage_iters = _stage_iterations(settings, num_layers)
     total = sum(stage_iters)
     sequential = settings.mode == "sequential"
+    targets = ScaledTargets(target)
 
     layers: list[GaussianLayer] = []
     optimizer: torch.optim.Adam | None = None
@@ -214,7 +307,7 @@ def fit(
                 present = [fake_quantize(l, steps) if l.means.requires_grad else l for l in layers]
             else:
                 present = layers
-            loss, full_mse = joint_loss(present, target, it, settings, backend, joint=not sequential)
+            loss, full_mse = joint_loss(present, targets, it, settings, backend, joint=not sequential)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

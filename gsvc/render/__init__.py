@@ -14,13 +14,11 @@ import numpy as np
 from .geometry import (
     EPS,
     Q_MAX,
-    SUPERSAMPLE_BELOW,
     Scale,
     bbox_radius,
     conics_from_chol,
     covariance,
     scale_xy,
-    supersampling,
 )
 
 if TYPE_CHECKING:
@@ -132,7 +130,6 @@ __all__ = [
     "BACKENDS",
     "EPS",
     "Q_MAX",
-    "SUPERSAMPLE_BELOW",
     "Scale",
     "bbox_radius",
     "conics_from_chol",
@@ -141,5 +138,4 @@ __all__ = [
     "get_backend",
     "render",
     "scale_xy",
-    "supersampling",
 ]

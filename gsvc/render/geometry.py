@@ -63,17 +63,6 @@ def scale_xy(scale: Scale) -> tuple[float, float]:
     return float(scale), float(scale)
 
 
-#: An axis drawn at a scale below this is supersampled (see ``supersampling``).
-SUPERSAMPLE_BELOW = 1.0
-
-
-def supersampling(scale: Scale) -> tuple[int, int]:
-    """(mx, my): samples per output pixel along x and y, so that the samples are drawn at
-    a scale of at least SUPERSAMPLE_BELOW: m = ceil(SUPERSAMPLE_BELOW / s), 1 when s is
-    that large already."""
-    return tuple(1 if s >= SUPERSAMPLE_BELOW else math.ceil(SUPERSAMPLE_BELOW / s) for s in scale_xy(scale))
-
-
 def covariance(chol: Array, scale: Scale = 1.0) -> Array:
     """Covariance entries (s11, s12, s22) at ``scale`` from log-Cholesky parameters:
     S (L L^T + EPS I) S.
