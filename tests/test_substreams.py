@@ -137,8 +137,16 @@ def test_strict_reading_still_refuses_a_cut(image_stream):
 
 def test_video_cut_at_every_byte(video_stream):
     full = {k: decode_video(video_stream, layers=k) for k in (1, 2)}
-    step = 1 if len(video_stream) < 4000 else 3
-    for n in range(0, len(video_stream) + 1, step):
+    # every byte of the headers and of the first frame, then ~100 cuts spread over the rest
+    # and every chunk boundary (where off-by-one errors live)
+    info = stream_info(video_stream)
+    first_frame_end = info["header_bytes"] + sum(info["frame_list"][0]["bytes"])
+    cuts = set(range(first_frame_end + 2)) | set(range(0, len(video_stream) + 1, max(1, len(video_stream) // 100)))
+    end = info["header_bytes"]
+    for frame in info["frame_list"]:
+        end += sum(frame["bytes"])
+        cuts |= {end - 1, end, end + 1}
+    for n in sorted(c for c in cuts if c <= len(video_stream)):
         prefix = video_stream[:n]
         for k in (1, 2):
             try:
