@@ -105,8 +105,11 @@ def test_ctrl_c_during_encode(tmp_path, crop):
     """A real SIGINT to a real process: one line, status 130, no file left behind."""
     write_image(tmp_path / "in.png", crop)
     env = {k: v for k, v in os.environ.items() if k != "GSVC_DEBUG"}
+    # a shell's background job inherits SIGINT ignored (and Python keeps it so): give the child
+    # the terminal's default disposition, as a program started from a prompt has
     p = subprocess.Popen([sys.executable, "-m", "gsvc", "encode", "in.png", "-o", "out.gsv", "--iterations",
-                          "1000000", "--gaussians", "20"], cwd=tmp_path, stderr=subprocess.PIPE, env=env, text=True)
+                          "1000000", "--gaussians", "20"], cwd=tmp_path, stderr=subprocess.PIPE, env=env, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = p.stderr.readline()  # "in.png: 48x32, ..." once the work starts
         assert "48x32" in first, first
