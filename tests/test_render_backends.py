@@ -204,6 +204,61 @@ def test_deterministic():
             assert torch.equal(a, b)
 
 
+def test_deterministic_threads():
+    """Gradients bit-identical with 1 and 2 numba threads, on a scene with many tiles and
+    Gaussians spanning several tiles (the backward folds per-tile partial sums)."""
+    height, width = 96, 160
+    means, conics, colors = _gaussians(600, height, width, seed=29, mu=0.6, sd=0.4)
+    grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(6))
+    args = (means, conics, colors, height, width, grad_out)
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for k in (1, min(2, numba.config.NUMBA_NUM_THREADS), 1):
+            numba.set_num_threads(k)
+            runs.append(_run(numba_cpu.rasterize_sum, *args))
+    finally:
+        numba.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_backward_binning_reused():
+    """backward_sum gives the same gradients with the forward's binning or its own."""
+    from gsvc.render import numba_kernels as nk
+
+    height, width = 50, 70
+    means, conics, colors = (t.numpy() for t in _gaussians(150, height, width, seed=31))
+    grad = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(8)).numpy()
+    boxes = nk.pixel_boxes(means, conics, height, width)
+    bins = nk.bin_boxes(boxes, height, width)
+    a = nk.backward_sum(means, conics, colors, boxes, grad, bins)
+    b = nk.backward_sum(means, conics, colors, boxes, grad)
+    for x, y in zip(a, b):
+        assert (x == y).all()
+    out = nk.forward_sum(means, conics, colors, height, width, boxes, bins)
+    assert (out == nk.forward_sum(means, conics, colors, height, width)).all()
+
+
+def test_invalid_conics_zero_grad():
+    """Non-positive-definite / non-finite conics and non-finite means: nothing drawn,
+    zero gradients, and the other Gaussians' gradients are unaffected."""
+    height, width = 37, 53
+    means, conics, colors = _gaussians(20, height, width, seed=37)
+    bad_c = torch.tensor([[-1.0, 0.0, 1.0], [1.0, 2.0, 1.0], [float("nan"), 0, 1], [1, 0, 1]])
+    bad_m = torch.tensor([[10.0, 10.0], [10.0, 10.0], [10.0, 10.0], [float("inf"), 5.0]])
+    cat = torch.cat
+    grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(9))
+    args = (cat([bad_m, means]), cat([bad_c, conics]), cat([colors[:4], colors]), height, width)
+    got = _run(numba_cpu.rasterize_sum, *args, grad_out)
+    ref = _run(numba_cpu.rasterize_sum, means, conics, colors, height, width, grad_out)
+    assert torch.equal(got[0], ref[0])
+    for a, b in zip(got[1:], ref[1:]):
+        assert not a[:4].any()
+        assert torch.equal(a[4:], b)
+
+
 def test_registry():
     assert get_backend("numba") is numba_cpu.rasterize_sum
     g = torch.Generator().manual_seed(19)

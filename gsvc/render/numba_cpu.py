@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .numba_kernels import LANES, TILE, backward_sum, forward_sum, pixel_boxes  # noqa: F401 (LANES, TILE: re-exported)
+from .numba_kernels import (  # noqa: F401 (LANES, TILE: re-exported)
+    LANES, TILE, backward_sum, bin_boxes, forward_sum, pixel_boxes,
+)
 
 
 def _as_f32(t: Tensor) -> np.ndarray:
@@ -24,17 +26,18 @@ class _RasterizeSum(torch.autograd.Function):
         c = _as_f32(conics)
         col = _as_f32(colors)
         boxes = pixel_boxes(m, c, height, width)
-        out = forward_sum(m, c, col, height, width, boxes)
+        bins = bin_boxes(boxes, height, width)  # kept for the backward: it needs no re-binning
+        out = forward_sum(m, c, col, height, width, boxes, bins)
         if any(ctx.needs_input_grad[:3]):
-            ctx.arrays = (m, c, col, boxes)
+            ctx.arrays = (m, c, col, boxes, bins)
             ctx.meta = [(t.dtype, t.device) for t in (means, conics, colors)]
         return torch.from_numpy(out).to(means.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        m, c, col, boxes = ctx.arrays
-        grads = backward_sum(m, c, col, boxes, _as_f32(grad_out))
+        m, c, col, boxes, bins = ctx.arrays
+        grads = backward_sum(m, c, col, boxes, _as_f32(grad_out), bins)
         out = [
             torch.from_numpy(g).to(device=dev, dtype=dt) if need else None
             for g, (dt, dev), need in zip(grads, ctx.meta, ctx.needs_input_grad)

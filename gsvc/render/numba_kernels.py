@@ -21,9 +21,17 @@ inside the tile, all TILE columns at once (one SIMD register of float32), and ea
 pixel sums its Gaussians in ascending index order: the output is bit-for-bit the same
 from run to run and for any thread count.
 
-Backward: parallel over Gaussians; each walks its own box (clipped to the image) in
-LANES-wide column chunks with per-lane float32 partial sums, folded into float64 in a
-fixed order. Race-free, and likewise independent of the thread count.
+Backward: mirrors the forward, reusing its binning. Tiles are processed in parallel;
+the tile's incoming gradient is copied to a planar TILE x TILE block, and each of its
+Gaussians visits exactly the forward's pixels (same rows, same column mask, same q
+cut) two rows per pass, with per-column float32 partial sums of w*g (3), d, d*dy and
+d*dy^2 (d = w * <color, g> = -2 dL/dq; the dx moments are taken from the column sums,
+dx being constant down a column). These are folded over the TILE lanes in a fixed
+pairwise order (SIMD shuffles) into the (tile, Gaussian) pair's own float64 row of a
+pair buffer, laid out Gaussian-major with each Gaussian's tiles in row-major order;
+a second parallel pass sums each Gaussian's rows in that order. Every pair is written
+once by one thread, so the backward is race-free and its gradients are bit-for-bit the
+same from run to run and for any thread count.
 
 Conics that are not positive definite (or not finite), and non-finite means, draw
 nothing and get zero gradients; from geometry.conics_from_chol they always are valid.
@@ -41,10 +49,10 @@ from numba.extending import intrinsic
 
 from .geometry import Q_MAX
 
-TILE = 16  # forward tile side in pixels: a tile row is one 16-lane float32 vector
-LANES = 16  # backward column-chunk width
-_BLOCK = 16  # Gaussians per parallel work item in the backward
-_ROWS_PER_FOLD = 32  # backward: rows summed per lane in float32 before the float64 fold
+TILE = 16  # tile side in pixels: a tile row is one 16-lane float32 vector
+LANES = TILE  # float32 lanes evaluated side by side (one tile row), forward and backward
+# backward: sums per (tile, Gaussian) pair, in this order (d = w * <color, g>)
+_NSUM = 8  # w g_r, w g_g, w g_b, d dx, d dy, d dy^2, d dx dy, d dx^2
 _CHUNK = 4  # prange work items handed out at a time (dynamic scheduling)
 
 # The GIL is kept (no nogil): concurrent calls from several Python threads then queue
@@ -83,6 +91,54 @@ def _f32_from_bits(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _pair_sums(typingctx, s, sums, p):
+    """sums[p, :] <- the _NSUM sums of one (tile, Gaussian) pair, from the backward's
+    scratch s [9, TILE] float32 (rows 0-5: per-column sums over the rows, in _NSUM
+    order; row 6: per-column dx): w g_r, w g_g, w g_b, dx * d, d dy, d dy^2,
+    dx * (d dy), dx * (dx * d), each summed over the TILE lanes in float32 in a fixed
+    pairwise order (lanes l and l + n/2, n = TILE, TILE/2, ...: SIMD shuffles and adds)
+    and widened to float64. Both arrays C-contiguous."""
+    ok = isinstance(s, types.Array) and s.dtype == types.float32 and s.ndim == 2
+    ok = ok and isinstance(sums, types.Array) and sums.dtype == types.float64
+    ok = ok and s.layout == "C" and sums.layout == "C" and sums.ndim == 2
+    if not (ok and isinstance(p, types.Integer)):
+        return None
+    sig = types.none(s, sums, p)
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(signature.args[1])(context, builder, args[1])
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        vty = ir.VectorType(ir.FloatType(), TILE)
+
+        def row(j):
+            ptr = builder.gep(src.data, [ir.Constant(i64, j * TILE)])
+            return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+
+        def lanes(n, start):
+            return ir.Constant(ir.VectorType(i32, n), list(range(start, start + n)))
+
+        dx = row(6)
+        dxd = builder.fmul(dx, row(3))
+        vals = [row(0), row(1), row(2), dxd, row(4), row(5),
+                builder.fmul(dx, row(4)), builder.fmul(dx, dxd)]
+        base = builder.mul(context.cast(builder, args[2], signature.args[2], types.int64),
+                           ir.Constant(i64, _NSUM))
+        for j, v in enumerate(vals):
+            n = TILE
+            while n > 1:
+                n //= 2
+                v = builder.fadd(builder.shuffle_vector(v, v, lanes(n, 0)),
+                                 builder.shuffle_vector(v, v, lanes(n, n)))
+            x = builder.fpext(builder.extract_element(v, ir.Constant(i32, 0)), ir.DoubleType())
+            builder.store(x, builder.gep(dst.data, [builder.add(base, ir.Constant(i64, j))]))
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -232,96 +288,179 @@ def _forward_tile(means, conics, colors, boxes, offsets, ids, tiles_x, t, height
 
 
 # --------------------------------------------------------------------------- backward
+
 @numba.njit(parallel=True, **_JIT)
 def _planar_grad(grad_out, gp):
-    """[H, W, 3] -> [3, H, W + LANES], zero-padded on the right."""
+    """[H, W, 3] -> [3, H', W'] (H', W': whole tiles), zero-padded."""
     height = grad_out.shape[0]
     width = grad_out.shape[1]
-    for y in prange(height):
-        for x in range(width):
-            gp[0, y, x] = grad_out[y, x, 0]
-            gp[1, y, x] = grad_out[y, x, 1]
-            gp[2, y, x] = grad_out[y, x, 2]
-        for x in range(width, gp.shape[2]):
-            gp[0, y, x] = 0.0
-            gp[1, y, x] = 0.0
-            gp[2, y, x] = 0.0
+    for y in prange(gp.shape[1]):
+        if y < height:
+            for x in range(width):
+                gp[0, y, x] = grad_out[y, x, 0]
+                gp[1, y, x] = grad_out[y, x, 1]
+                gp[2, y, x] = grad_out[y, x, 2]
+            for x in range(width, gp.shape[2]):
+                gp[0, y, x] = 0.0
+                gp[1, y, x] = 0.0
+                gp[2, y, x] = 0.0
+        else:
+            for x in range(gp.shape[2]):
+                gp[0, y, x] = 0.0
+                gp[1, y, x] = 0.0
+                gp[2, y, x] = 0.0
+
+
+@numba.njit(**_JIT)
+def _pair_starts(boxes):
+    """[N + 1] start of each Gaussian's run of (tile, Gaussian) pairs in the backward's
+    Gaussian-major pair buffer; its tiles follow in row-major (= ascending) order."""
+    n = boxes.shape[0]
+    starts = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        x0 = boxes[i, 0]
+        x1 = boxes[i, 1]
+        y0 = boxes[i, 2]
+        y1 = boxes[i, 3]
+        cnt = 0
+        if x0 <= x1 and y0 <= y1:
+            cnt = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
+        starts[i + 1] = starts[i] + cnt
+    return starts
 
 
 @numba.njit(parallel=True, **_JIT)
-def _backward(means, conics, colors, boxes, gp, g_means, g_conics, g_colors):
-    """Gradients of sum(out * grad) w.r.t. means, conics and colors, per Gaussian."""
-    n = means.shape[0]
-    nblocks = (n + _BLOCK - 1) // _BLOCK
-    for blk in prange(nblocks):
-        s = np.empty((8, LANES), dtype=np.float32)
-        tot = np.empty(8, dtype=np.float64)
-        for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
-            _backward_one(means, conics, colors, boxes, gp, i, s, tot)
-            ca = np.float64(conics[i, 0])
-            cb = np.float64(conics[i, 1])
-            cc = np.float64(conics[i, 2])
-            # dq/dmean = -2 A (dx, dy);  dq/dca = dx^2, dq/dcb = 2 dx dy, dq/dcc = dy^2
-            g_means[i, 0] = -2.0 * (ca * tot[3] + cb * tot[4])
-            g_means[i, 1] = -2.0 * (cb * tot[3] + cc * tot[4])
-            g_conics[i, 0] = tot[5]
-            g_conics[i, 1] = 2.0 * tot[6]
-            g_conics[i, 2] = tot[7]
-            g_colors[i, 0] = tot[0]
-            g_colors[i, 1] = tot[1]
-            g_colors[i, 2] = tot[2]
+def _backward_tiles(means, conics, colors, boxes, offsets, ids, starts, tiles_x, gp, height,
+                    sums):
+    """sums[pair] <- the _NSUM sums of one Gaussian over one tile (every pair once)."""
+    nt = offsets.shape[0] - 1
+    for t in prange(nt):
+        if offsets[t] < offsets[t + 1]:
+            _backward_tile(means, conics, colors, boxes, offsets, ids, starts, tiles_x, t,
+                           gp, height, sums)
 
 
 @numba.njit(inline="always", **_JIT)
-def _backward_one(means, conics, colors, boxes, gp, i, s, tot):
-    """tot <- sums over Gaussian i's pixels of (w g_r, w g_g, w g_b, dq dx, dq dy,
-    dq dx^2, dq dx dy, dq dy^2) with dq = dL/dq = -w/2 * sum_k c_k g_k."""
-    mx = means[i, 0]
-    my = means[i, 1]
-    ca = conics[i, 0]
-    cb2 = _TWO32 * conics[i, 1]
-    cc = conics[i, 2]
-    r = colors[i, 0]
-    g = colors[i, 1]
-    b = colors[i, 2]
-    tot[:] = 0.0
-    y0 = max(boxes[i, 2], 0)
-    y1 = boxes[i, 3]
-    bx1 = np.float32(boxes[i, 1])  # lanes past the box are masked, as in the forward
-    for x0 in range(max(boxes[i, 0], 0), boxes[i, 1] + 1, LANES):
-        fx0 = np.float32(x0)
-        for ya in range(y0, y1 + 1, _ROWS_PER_FOLD):
-            s[:, :] = 0.0
-            for y in range(ya, min(ya + _ROWS_PER_FOLD, y1 + 1)):
-                dy = (np.float32(y) + _HALF32) - my
-                qc = cc * dy * dy
-                # row views: unit stride and a lane index LLVM knows is >= 0 -> SIMD
-                gr0 = gp[0, y, x0 : x0 + LANES]
-                gr1 = gp[1, y, x0 : x0 + LANES]
-                gr2 = gp[2, y, x0 : x0 + LANES]
-                for lx in range(LANES):
-                    px = fx0 + np.float32(lx)
-                    dx = (px + _HALF32) - mx
-                    q = (ca * dx * dx + cb2 * dx * dy) + qc
-                    w = _exp(_MHALF32 * q)
-                    w = w if (q <= _Q32) & (px <= bx1) else _ZERO32
-                    g0 = gr0[lx]
-                    g1 = gr1[lx]
-                    g2 = gr2[lx]
-                    s[0, lx] += w * g0
-                    s[1, lx] += w * g1
-                    s[2, lx] += w * g2
-                    dq = _MHALF32 * w * (r * g0 + g * g1 + b * g2)
-                    qx = dq * dx
-                    qy = dq * dy
-                    s[3, lx] += qx
-                    s[4, lx] += qy
-                    s[5, lx] += qx * dx
-                    s[6, lx] += qx * dy
-                    s[7, lx] += qy * dy
-            for j in range(8):
-                for lx in range(LANES):
-                    tot[j] += s[j, lx]
+def _backward_tile(means, conics, colors, boxes, offsets, ids, starts, tiles_x, t, gp, height,
+                   sums):
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    ty0 = ty * TILE
+    tx0 = tx * TILE
+    ty1 = min(ty0 + TILE, height) - 1
+    # the tile's incoming gradient (gp is zero off-image), plus a zero row for the
+    # missing second row of a pass
+    gt = np.empty((3, TILE + 1, TILE), dtype=np.float32)
+    for c in range(3):
+        for ly in range(TILE):
+            for lx in range(TILE):
+                gt[c, ly, lx] = gp[c, ty0 + ly, tx0 + lx]
+        for lx in range(TILE):
+            gt[c, TILE, lx] = 0.0
+    # per pair scratch, one array (so LLVM sees that its rows cannot alias): rows 0-5
+    # per-column sums over the rows (_NSUM order), 6-8 per column dx, ca dx dx, 2 cb dx
+    s = np.empty((9, TILE), dtype=np.float32)
+    ftx0 = np.float32(tx0)
+    for k in range(offsets[t], offsets[t + 1]):
+        i = ids[k]
+        mx = means[i, 0]
+        my = means[i, 1]
+        ca = conics[i, 0]
+        cb2 = _TWO32 * conics[i, 1]
+        cc = conics[i, 2]
+        r = colors[i, 0]
+        g = colors[i, 1]
+        b = colors[i, 2]
+        bx0 = np.float32(boxes[i, 0])
+        bx1 = np.float32(boxes[i, 1])
+        # column terms of q, in the forward's float32 order ((ca dx) dx, (2 cb dx) dy);
+        # columns outside the box get q = inf: masked exactly where the forward masks
+        for lx in range(TILE):
+            px = ftx0 + np.float32(lx)
+            dx = (px + _HALF32) - mx
+            s[6, lx] = dx
+            inside = (px >= bx0) & (px <= bx1)
+            s[7, lx] = ca * dx * dx if inside else np.float32(np.inf)
+            s[8, lx] = cb2 * dx
+            s[0, lx] = 0.0
+            s[1, lx] = 0.0
+            s[2, lx] = 0.0
+            s[3, lx] = 0.0
+            s[4, lx] = 0.0
+            s[5, lx] = 0.0
+        ly0 = max(boxes[i, 2] - ty0, 0)
+        ly1 = min(boxes[i, 3], ty1) - ty0
+        # two rows per pass (half the scratch loads and stores); a missing second row
+        # gets q = inf (masked)
+        for ly in range(ly0, ly1 + 1, 2):
+            dy = (np.float32(ty0 + ly) + _HALF32) - my
+            qc = cc * dy * dy
+            ey = (np.float32(ty0 + ly + 1) + _HALF32) - my
+            ec = cc * ey * ey if ly < ly1 else np.float32(np.inf)
+            for lx in range(TILE):
+                qa = s[7, lx]
+                qb = s[8, lx]
+                q = (qa + qb * dy) + qc
+                w = _exp(_MHALF32 * q)
+                w = w if q <= _Q32 else _ZERO32
+                e = (qa + qb * ey) + ec
+                v = _exp(_MHALF32 * e)
+                v = v if e <= _Q32 else _ZERO32
+                wr = w * gt[0, ly, lx]
+                wg = w * gt[1, ly, lx]
+                wb = w * gt[2, ly, lx]
+                vr = v * gt[0, ly + 1, lx]
+                vg = v * gt[1, ly + 1, lx]
+                vb = v * gt[2, ly + 1, lx]
+                s[0, lx] += wr + vr
+                s[1, lx] += wg + vg
+                s[2, lx] += wb + vb
+                # d = w * <color, g> = -2 dL/dq; its dx moments come from the column
+                # sums (dx is constant down a column), its dy moments are summed here
+                d = (r * wr + g * wg) + b * wb
+                f = (r * vr + g * vg) + b * vb
+                dyd = d * dy
+                fye = f * ey
+                s[3, lx] += d + f
+                s[4, lx] += dyd + fye
+                s[5, lx] += dyd * dy + fye * ey
+        # this pair's slot: Gaussian i's tiles, row-major
+        bt0 = boxes[i, 0] // TILE
+        p = starts[i] + (ty - boxes[i, 2] // TILE) * (boxes[i, 1] // TILE - bt0 + 1) + (tx - bt0)
+        _pair_sums(s, sums, p)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _backward_fold(conics, starts, sums, g_means, g_conics, g_colors):
+    """Fold each Gaussian's pair sums in ascending tile order into its gradients
+    (g_* zero on entry)."""
+    n = conics.shape[0]
+    for i in prange(n):
+        if starts[i] == starts[i + 1]:
+            continue  # draws nothing (also: invalid conic or mean): zero gradients
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+        for p in range(starts[i], starts[i + 1]):
+            t0 += sums[p, 0]
+            t1 += sums[p, 1]
+            t2 += sums[p, 2]
+            t3 += sums[p, 3]
+            t4 += sums[p, 4]
+            t5 += sums[p, 5]
+            t6 += sums[p, 6]
+            t7 += sums[p, 7]
+        ca = np.float64(conics[i, 0])
+        cb = np.float64(conics[i, 1])
+        cc = np.float64(conics[i, 2])
+        # dL/dq = -d/2;  dq/dmean = -2 A (dx, dy);  dq/dca = dx^2, dq/dcb = 2 dx dy,
+        # dq/dcc = dy^2
+        g_means[i, 0] = ca * t3 + cb * t4
+        g_means[i, 1] = cb * t3 + cc * t4
+        g_conics[i, 0] = -0.5 * t7
+        g_conics[i, 1] = -t6
+        g_conics[i, 2] = -0.5 * t5
+        g_colors[i, 0] = t0
+        g_colors[i, 1] = t1
+        g_colors[i, 2] = t2
 
 
 # --------------------------------------------------------------------------- numpy entry points
@@ -353,6 +492,12 @@ def box_work(boxes: np.ndarray) -> int:
     return int(np.dot(w, h))
 
 
+def bin_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile lists of the Gaussians whose box meets the tile, ascending: (offsets
+    [T + 1] int64, ids int32), tiles in row-major order. Shared by forward and backward."""
+    return _bin(boxes, -(-width // TILE), -(-height // TILE))
+
+
 def forward_sum(
     means: np.ndarray,  # [N, 2] float32
     conics: np.ndarray,  # [N, 3] float32
@@ -360,32 +505,42 @@ def forward_sum(
     height: int,
     width: int,
     boxes: np.ndarray | None = None,  # [N, 4] from pixel_boxes, when already computed
+    bins: tuple[np.ndarray, np.ndarray] | None = None,  # bin_boxes(boxes, ...), likewise
 ) -> np.ndarray:  # [H, W, 3] float32, not clamped
     """The additive sum over a height x width image (module docstring)."""
     if boxes is None:
         boxes = pixel_boxes(means, conics, height, width)
     out = np.empty((height, width, 3), dtype=np.float32)
     if out.size:
-        tiles_x = -(-width // TILE)
-        tiles_y = -(-height // TILE)
-        offsets, ids = _bin(boxes, tiles_x, tiles_y)
-        _dynamic(_forward, means, conics, colors, boxes, offsets, ids, tiles_x, out)
+        if bins is None:
+            bins = bin_boxes(boxes, height, width)
+        offsets, ids = bins
+        _dynamic(_forward, means, conics, colors, boxes, offsets, ids, -(-width // TILE), out)
     return out
 
 
 def backward_sum(
     means: np.ndarray, conics: np.ndarray, colors: np.ndarray, boxes: np.ndarray,
     grad_out: np.ndarray,  # [H, W, 3] float32
+    bins: tuple[np.ndarray, np.ndarray] | None = None,  # the forward's bin_boxes(boxes, ...)
 ) -> list[np.ndarray]:  # float64 gradients [N, 2], [N, 3], [N, 3]
     """Gradients of sum(grad_out * forward) w.r.t. means, conics and colors."""
     n = means.shape[0]
     height, width = grad_out.shape[0], grad_out.shape[1]
     grads = [np.zeros((n, k), dtype=np.float64) for k in (2, 3, 3)]
     if n and grad_out.size:
-        gp = np.empty((3, height, width + LANES), dtype=np.float32)
+        if bins is None:
+            bins = bin_boxes(boxes, height, width)
+        offsets, ids = bins
+        starts = _pair_starts(boxes)
+        sums = np.empty((ids.shape[0], _NSUM), dtype=np.float64)
+        tiles_x = -(-width // TILE)
+        gp = np.empty((3, -(-height // TILE) * TILE, tiles_x * TILE), dtype=np.float32)
         _planar_grad(grad_out, gp)
-        _dynamic(_backward, means, conics, colors, boxes, gp, *grads)
+        _dynamic(_backward_tiles, means, conics, colors, boxes, offsets, ids, starts,
+                 tiles_x, gp, height, sums)
+        _backward_fold(conics, starts, sums, *grads)
     return grads
 
 
-__all__ = ["LANES", "TILE", "backward_sum", "box_work", "forward_sum", "pixel_boxes"]
+__all__ = ["LANES", "TILE", "backward_sum", "bin_boxes", "box_work", "forward_sum", "pixel_boxes"]
