@@ -20,11 +20,10 @@ allocates anything, and any error of the decoder becomes a StreamError.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
-
-import numpy as np
 
 from .container import StreamError, check_range
 from .limits import (
@@ -33,6 +32,20 @@ from .limits import (
     MAX_SYMBOL_COUNT,
     MAX_UNIFORM_ALPHABET,
 )
+
+
+class _LazyNumpy:
+    """numpy, imported on first use: reading a stream's headers (`gsvc info`) never
+    needs it. The first attribute access imports it and puts it in place of this."""
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
 
 CODER_RANGE_V1 = 1
 
@@ -56,10 +69,14 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 _VARINT_MAX_BYTES = 5
 #: theta = code / GEOMETRIC_ONE, code in [1, GEOMETRIC_ONE - 1]
 GEOMETRIC_ONE = 1 << 16
-#: candidate theta codes the encoder tries (log-spaced tail masses), fixed for determinism
-_THETA_CODES = np.unique(
-    np.clip(np.rint(GEOMETRIC_ONE * (1.0 - 2.0 ** -np.linspace(0.05, 14.0, 96))), 1, GEOMETRIC_ONE - 1)
-).astype(np.int64)
+
+
+@functools.cache
+def _theta_codes() -> np.ndarray:
+    """Candidate theta codes the encoder tries (log-spaced tail masses), fixed for determinism."""
+    return np.unique(
+        np.clip(np.rint(GEOMETRIC_ONE * (1.0 - 2.0 ** -np.linspace(0.05, 14.0, 96))), 1, GEOMETRIC_ONE - 1)
+    ).astype(np.int64)
 
 
 def _uvarint_sizes(values: np.ndarray) -> np.ndarray:
@@ -169,8 +186,8 @@ def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int
     present = present[present > 0]
     all_mags = _geometric_distances(np.arange(lo, lo + size, dtype=np.int64), lo, size)
     all_mags = all_mags[all_mags > 0]
-    best = (np.inf, int(_THETA_CODES[0]))
-    for code in _THETA_CODES:
+    best = (np.inf, int(_theta_codes()[0]))
+    for code in _theta_codes():
         log_t = np.log2(code / GEOMETRIC_ONE)
         log_z = np.log2(np.sum(np.exp2(all_mags * log_t)))  # normalizer of the tail
         bits = float(np.sum(hist[present] * (log_z - present * log_t)))

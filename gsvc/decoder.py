@@ -7,9 +7,11 @@ previous frame's Gaussians (layers 1..k) as the reference, and moves past the ch
 of layers > k without reading them. ``stream_info`` describes either kind.
 
 On the CPU the decoder never imports torch: parameters stay numpy arrays and are drawn
-by the numba kernels (``render.render_array``); torch is loaded only for a GPU or the
-reference backend. Output size and rendering work are bounded before anything is drawn
-(MAX_PIXELS, MAX_RENDER_WORK), so a hostile stream cannot make a decoder run for minutes.
+by ``render.render_array`` (numpy alone for small pictures, the numba kernels beyond;
+the same pixels either way); torch is loaded only for a GPU or the reference backend.
+``stream_info`` (``gsvc info``) reads headers only and does not load numpy either.
+Output size and rendering work are bounded before anything is drawn (MAX_PIXELS,
+MAX_RENDER_WORK), so a hostile stream cannot make a decoder run for minutes.
 """
 from __future__ import annotations
 
@@ -22,19 +24,18 @@ from typing import BinaryIO, Callable, Iterator
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from bitstream import FORMAT_VERSION, StreamError
 from bitstream.layout import KIND_IMAGE, KIND_VIDEO, KINDS, Stream, read_stream
 from bitstream.limits import MAX_PIXELS
 from bitstream.video import FRAME_I, VideoFrame, VideoStream, open_video as _open_video, peek_kind
 
 from .errors import GsvcError
-from .layer_codec import decode_intra, decode_predicted
 from .params import PARAMS, dequantize_array
-from .render import RenderTooLarge, render_array
 
+# numpy, the layer decoder and the renderer are imported where pictures are decoded:
+# `gsvc info` reads headers only and never loads them
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from .model import GaussianLayer, LayeredImage
@@ -129,6 +130,7 @@ def _label(source: Source) -> str:
 
 def stream_to_model(stream: Stream) -> "LayeredImage":
     """Entropy-decode and dequantize every layer chunk of an image stream (torch layers)."""
+    from .layer_codec import decode_intra
     from .model import LayeredImage
     from .quantize import dequantize
 
@@ -191,6 +193,10 @@ def render_params(
     backend: str | None = None,
 ) -> np.ndarray:  # [out.height, out.width, 3] uint8
     """Draw dequantized layers as the ``out`` picture (bounded, see module doc)."""
+    import numpy as np
+
+    from .render import RenderTooLarge, render_array
+
     p = np.concatenate(layers, axis=0) if layers else np.zeros((0, 8), np.float32)
     means, chol, colors = p[:, 0:2], p[:, 2:5], p[:, 5:8]
     try:
@@ -207,8 +213,10 @@ def render_params(
 
 
 def _check_work(means: np.ndarray, chol: np.ndarray, out: Output) -> None:
-    from .render import conics_from_chol
-    from .render.numba_kernels import box_work, pixel_boxes
+    import numpy as np
+
+    from .render import RenderTooLarge, conics_from_chol
+    from .render.numpy_forward import box_work, pixel_boxes
 
     f32 = np.float32
     conics = np.ascontiguousarray(conics_from_chol(chol.astype(f32), out.scale), dtype=f32)
@@ -264,6 +272,8 @@ def decode_image(
         notice(cut_note(len(stream.layers), len(stream.header.counts), "layer"))
     hdr = stream.header
     out = output_size(hdr.width, hdr.height, scale, size)  # refused before any entropy decoding
+    from .layer_codec import decode_intra
+
     params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
     return render_params(params, out, device, backend)
 
@@ -272,6 +282,8 @@ def to_uint8(img) -> np.ndarray:
     """[H, W, 3] float in [0, 1] (numpy or torch) -> uint8 with round-half-up, as FORMAT.md
     fixes it; values are clamped to [0, 1] first, and NaN (from a hostile stream) is 0.
     Works in place on one float32 buffer (a 67 MP picture is 800 MB of them)."""
+    import numpy as np
+
     if isinstance(img, np.ndarray):
         img = np.array(img, dtype=np.float32)  # a copy: the caller's array is left alone
     else:
@@ -349,6 +361,8 @@ class VideoReader:
 
     def models(self) -> Iterator[tuple[VideoFrame, list[np.ndarray]]]:
         """Each frame's chunks and its integer layers [N_l, 8] (1..k), as the encoder saw them."""
+        from .layer_codec import decode_intra, decode_predicted
+
         reference: list[np.ndarray] | None = None
         for frame in self.chunks():
             try:

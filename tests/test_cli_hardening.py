@@ -53,18 +53,70 @@ def test_usage_errors_come_before_any_heavy_import(tmp_path):
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "gsvc", "encode", GOLDEN, "--gaussians", "10,0"],
                        capture_output=True, text=True)
     assert p.returncode == EXIT_USAGE
-    imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
-    assert not {"torch", "numba", "av"} & imported
+    assert not {"torch", "numba", "av"} & imported_modules(p.stderr)
 
 
-@pytest.mark.parametrize("command", [["info", GOLDEN], ["info", GOLDEN_VIDEO, "--json"],
-                                     ["decode", GOLDEN, "-o", "out.png"], ["decode", GOLDEN_VIDEO, "-o", "out.mkv"]])
-def test_info_and_cpu_decode_never_import_torch(tmp_path, command):
+def imported_modules(stderr: str) -> set[str]:
+    """Module names a ``python -X importtime`` run printed."""
+    return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+# what each command may not load: info reads headers only; a small CPU decode draws with
+# numpy (render.render_array), so it loads neither torch nor numba (~0.7 s of imports)
+@pytest.mark.parametrize("command,forbidden", [
+    (["info", GOLDEN], {"torch", "numba", "numpy", "av"}),
+    (["info", GOLDEN_VIDEO, "--json"], {"torch", "numba", "numpy", "av"}),
+    (["decode", GOLDEN, "-o", "out.png"], {"torch", "numba"}),
+    (["decode", GOLDEN_VIDEO, "-o", "out.mkv"], {"torch", "numba"}),
+])
+def test_info_and_cpu_decode_never_import_torch(tmp_path, command, forbidden):
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "gsvc", *map(str, command)],
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" not in imported
+    assert not forbidden & imported_modules(p.stderr)
+
+
+@pytest.fixture(scope="module")
+def stream_768x512(tmp_path_factory) -> Path:
+    """A 768x512 image stream with the default Gaussian counts (5000, 2000, 2000), of
+    about the sizes the encoder makes (random: only the amount of work matters here)."""
+    import numpy as np
+    import torch
+
+    from gsvc.codec import encode_model
+    from gsvc.encoder import default_counts
+    from gsvc.model import GaussianLayer, LayeredImage
+    from gsvc.quantize import QuantSettings
+
+    g = torch.Generator().manual_seed(0)
+    w, h = 768, 512
+    layers = []
+    for count, size, color in zip(default_counts(w, h), (0.8, 0.5, 0.4), (0.45, 0.0, 0.0)):
+        sigma = size * np.sqrt(w * h / count)
+        means = torch.rand(count, 2, generator=g) * torch.tensor([w, h])
+        log_s = torch.log(torch.full((count, 2), sigma)) + 0.3 * torch.randn(count, 2, generator=g)
+        chol = torch.cat([log_s, 0.5 * torch.randn(count, 1, generator=g)], dim=1)
+        layers.append(GaussianLayer(means, chol, color + 0.2 * torch.randn(count, 3, generator=g)))
+    data, _ = encode_model(LayeredImage(w, h, layers), QuantSettings().steps())
+    path = tmp_path_factory.mktemp("large") / "768x512.gsv"
+    path.write_bytes(data)
+    return path
+
+
+def test_768x512_decode_draws_with_numpy_alone(tmp_path, stream_768x512, monkeypatch):
+    """The latency target's decode (issue 8) never loads numba, and its pixels are numba's."""
+    from gsvc import render
+    from gsvc.decoder import decode_image
+
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "gsvc", "decode", str(stream_768x512),
+                        "-o", "out.png"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not {"torch", "numba"} & imported_modules(p.stderr)
+    monkeypatch.setattr(render, "NUMPY_MAX_WORK", 0)  # numba draws
+    np_expected = decode_image(stream_768x512)
+    got = read_image(tmp_path / "out.png")
+    assert got.shape == (512, 768, 3)
+    assert (got == np_expected).all()
 
 
 def test_internal_error_is_exit_3_with_a_hint(tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 
 A backend is a function ``rasterize_sum(means, conics, colors, height, width)``
 returning the unclamped [H, W, 3] sum, differentiable w.r.t. its three tensor inputs.
-``render_array`` draws numpy arrays with the numba kernels without importing torch
-(the decoder's path). Importing this package imports neither torch nor numba.
+``render_array`` draws numpy arrays without importing torch (the decoder's path): with
+numpy alone (numpy_forward.py) while the work is small, with the numba kernels beyond;
+both draw the same float32 picture bit for bit. Importing this package imports neither
+torch nor numba.
 """
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -69,6 +72,32 @@ def render(
     return _box_filtered(draw, height, width, scale)
 
 
+#: Most pixel-Gaussian pairs (box work) that render_array draws with numpy in one
+#: process, all its pictures together; beyond, numba's kernels draw. numba costs ~0.7 s
+#: on 2 cores to import and load its cached kernels, then draws several times faster
+#: than numpy (numpy_forward.py); measured in fresh processes on 2 cores, the two break
+#: even at ~4.5e7 pairs. A 768x512 picture of 9000 Gaussians is 2.1-2.4e7 pairs. Both
+#: draw the same picture bit for bit, so the choice never changes an output.
+NUMPY_MAX_WORK = 40_000_000
+_numpy_work = 0  # pairs drawn with numpy so far in this process
+
+
+def _numba_loaded() -> bool:
+    return "gsvc.render.numba_kernels" in sys.modules
+
+
+def _use_numpy(work: int, colors: np.ndarray) -> bool:
+    """Draw this picture with numpy? Only while numba is not loaded yet, the process has
+    drawn little, and the colors are finite (numpy_forward's condition)."""
+    global _numpy_work
+    if _numba_loaded() or _numpy_work + work > NUMPY_MAX_WORK:
+        return False
+    if not np.isfinite(colors).all():
+        return False
+    _numpy_work += work
+    return True
+
+
 def render_array(
     means: np.ndarray,  # [N, 2]
     chol: np.ndarray,  # [N, 3] log-Cholesky (a, b, r)
@@ -77,25 +106,34 @@ def render_array(
     width: int,
     scale: Scale = 1.0,
     max_work: int | None = None,
+    engine: str | None = None,
 ) -> np.ndarray:  # [H, W, 3] float32 unclamped
-    """``render`` with the numba backend on numpy arrays (float32 throughout).
+    """``render`` on numpy arrays, float32 throughout, without torch.
 
     ``max_work``: refuse (RenderTooLarge) a scene whose Gaussians would evaluate more
     pixel-Gaussian pairs than this; the boxes are measured before any pixel is drawn.
+    ``engine``: "numpy" or "numba" forces one (tests); by default numpy draws while the
+    work is small (NUMPY_MAX_WORK), numba beyond. The picture is the same either way.
     """
-    from .numba_kernels import box_work, forward_sum, pixel_boxes
+    from .numpy_forward import box_work, pixel_boxes
 
     f32 = np.float32
     chol = np.asarray(chol, dtype=f32)
     col = np.ascontiguousarray(colors, dtype=f32)
+
     def draw(h: int, w: int, s: Scale) -> np.ndarray:
         m = np.ascontiguousarray(np.asarray(means, dtype=f32) * np.asarray(scale_xy(s), dtype=f32))
         c = np.ascontiguousarray(conics_from_chol(chol, s), dtype=f32)
-        boxes = pixel_boxes(m, c, h, w)
-        if max_work is not None:
-            work = box_work(boxes)
-            if work > max_work:
-                raise RenderTooLarge(work, max_work)
+        boxes = pixel_boxes(m, c, h, w)  # the same boxes as numba's
+        work = box_work(boxes)
+        if max_work is not None and work > max_work:
+            raise RenderTooLarge(work, max_work)
+        if engine == "numpy" or (engine is None and _use_numpy(work, col)):
+            from .numpy_forward import forward_sum
+        elif engine in (None, "numba"):
+            from .numba_kernels import forward_sum
+        else:
+            raise ValueError(f"unknown engine {engine!r}")
         return forward_sum(m, c, col, h, w, boxes)
 
     return _box_filtered(draw, height, width, scale)
