@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 from gsvc.codec import PRESETS, EncodeSettings, decode_image, encode_image, stream_info, to_uint8
 from gsvc.media import read_image
 from gsvc.metrics import hole_fraction, psnr
-from gsvc.train import TrainSettings
+from gsvc.presets import train_settings
 
 
-def run_image(path: Path, iterations: int, seed: int, device: str) -> dict:
+def run_image(path: Path, preset: str, iterations: int, seed: int, device: str) -> dict:
     rgb = read_image(path)
-    settings = EncodeSettings(train=TrainSettings(iterations=iterations, seed=seed), device=device)
+    settings = EncodeSettings(train=train_settings(preset, iterations, seed=seed), device=device)
     start = time.perf_counter()
     result = encode_image(rgb, settings)
     seconds = time.perf_counter() - start
@@ -71,14 +71,14 @@ def main() -> None:
         paths = [p for p in paths if p.stem in wanted]
     if not paths:
         sys.exit(f"no images found in {args.data}")
-    iterations = args.iterations or PRESETS[args.preset]
+    iterations = args.iterations or PRESETS[args.preset].iterations
     print(f"# Kodak, {len(paths)} images, {iterations} iterations, seed {args.seed}, device {args.device}, "
           f"torch threads {torch.get_num_threads()}")
     print("| image | encode s | bpp (cum.) L1/L2/L3 | PSNR dB L1/L2/L3 (quantized) | unquantized | base holes |")
     print("|---|---|---|---|---|---|")
     rows = []
     for path in paths:
-        row = run_image(path, iterations, args.seed, args.device)
+        row = run_image(path, args.preset, iterations, args.seed, args.device)
         rows.append(row)
         print(f"| {row['image']} | {row['seconds']:.1f} | {fmt(row['bpp'], '.3f')} | {fmt(row['psnr'])} | "
               f"{fmt(row['psnr_unquantized'])} | {row['base_holes']:.3f} |", flush=True)

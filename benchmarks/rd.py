@@ -54,7 +54,7 @@ from gsvc.evaluate import evaluate_stream, ms_ssim, ms_ssim_weights
 from gsvc.files import atomic_output
 from gsvc.media import read_image
 from gsvc.metrics import psnr
-from gsvc.train import TrainSettings
+from gsvc.presets import train_settings
 
 METHODS = ("joint", "sequential", "monolithic", "jpeg2000", "jpeg")
 BUDGET_METHODS = ("jpeg2000", "jpeg")
@@ -90,9 +90,9 @@ def find_images(data: Path, stems: str | None) -> list[Path]:
 # ---------------------------------------------------------------- gsvc
 
 
-def run_gsvc(rgb, counts, iterations, mode, seed, device) -> tuple[dict, float]:
+def run_gsvc(rgb, counts, preset, iterations, mode, seed, device) -> tuple[dict, float]:
     settings = EncodeSettings(gaussians=tuple(counts), device=device,
-                              train=TrainSettings(iterations=iterations, mode=mode, seed=seed))
+                              train=train_settings(preset, iterations, mode=mode, seed=seed))
     start = time.perf_counter()
     result = encode_image(rgb, settings)
     seconds = time.perf_counter() - start
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{e.name} is missing: install the eval extra (pip install -e '.[eval]')")
     if "jpeg2000" in methods and not features.check("jpg_2000"):
         ap.error("this Pillow has no JPEG 2000 (OpenJPEG) support: drop jpeg2000 from --methods")
-    iterations = args.iterations or PRESETS[args.preset]
+    iterations = args.iterations or PRESETS[args.preset].iterations
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"rd_{data.name if data.is_dir() else data.stem}"
 
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             if method in ("joint", "sequential", "monolithic"):
                 mode = "sequential" if method == "sequential" else "joint"
                 c = (sum(counts),) if method == "monolithic" else counts
-                result, _ = run_gsvc(rgb, c, iterations, mode, args.seed, args.device)
+                result, _ = run_gsvc(rgb, c, args.preset, iterations, mode, args.seed, args.device)
                 per_method[method] = [{**r, "target_bytes": "", "bytes_source": "stream",
                                        "setting": f"gaussians={','.join(map(str, c))}"} for r in result["layers"]]
                 if method == "joint":

@@ -42,6 +42,7 @@ from gsvc.codec import PRESETS, EncodeSettings, decode_image, encode_image, stre
 from gsvc.decoder import output_size
 from gsvc.media import read_image, resize
 from gsvc.metrics import psnr
+from gsvc.presets import train_settings as preset_settings
 from gsvc.train import RESOLUTION_LAYERS, TrainSettings
 
 from .rd import find_images, j2k_decode, j2k_rate_controlled
@@ -66,9 +67,9 @@ def references(rgb: np.ndarray) -> dict[float, np.ndarray]:
 def train_settings(variant: str, args, iterations: int) -> TrainSettings:
     """The default training, or ("resolution") with resolution layers."""
     if variant == "default":
-        return TrainSettings(iterations=iterations, seed=args.seed)
-    return TrainSettings(iterations=iterations, seed=args.seed, resolution_scales=RESOLUTION_LAYERS,
-                         resolution_full_weight=args.resolution_full_weight)
+        return preset_settings(args.preset, iterations, seed=args.seed)
+    return preset_settings(args.preset, iterations, seed=args.seed, resolution_scales=RESOLUTION_LAYERS,
+                           resolution_full_weight=args.resolution_full_weight)
 
 
 def run_gsvc(rgb: np.ndarray, refs: dict, train: TrainSettings, device: str) -> dict:
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = find_images(data, args.images)
     if not paths:
         ap.error(f"no images found in {data}" + (f" matching --images {args.images}" if args.images else ""))
-    iterations = args.iterations or PRESETS[args.preset]
+    iterations = args.iterations or PRESETS[args.preset].iterations
     cal = calibrate()
     command = "python -m benchmarks.resolution " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"# {command}\n# {len(paths)} images, {iterations} iterations, seed {args.seed}, device {args.device}"

@@ -30,7 +30,7 @@ from gsvc.encoder import PRESETS, EncodeSettings
 from gsvc.evaluate import evaluate_video, ms_ssim
 from gsvc.media import parse_size, probe_video, read_video
 from gsvc.metrics import mse, psnr, psnr_from_mse
-from gsvc.train import TrainSettings
+from gsvc.presets import train_settings
 from gsvc.video_encoder import CodingStructure, encode_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def main() -> None:
     h, w = frames[0].shape[:2]
     print(f"{args.video}: {len(frames)} frames at {w}x{h}, {float(info.fps):.3f} fps, preset {args.preset}"
           + (f", calib {cal:.3f} s" if cal else ""), flush=True)
-    settings = EncodeSettings(train=TrainSettings(iterations=PRESETS[args.preset]), device="cpu")
+    settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
     results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal}
     print("P-frame coding (default, GOP 30):", flush=True)
     results["gsvc"] = encode(frames, info.fps, settings, CodingStructure())

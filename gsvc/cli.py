@@ -289,14 +289,14 @@ class _EncodeOptions:
 
     def settings_for(self, w: int, h: int):
         """The encoder settings for a picture (or video frames) of w x h."""
-        from .encoder import PRESETS, EncodeSettings, default_counts
-        from .train import RESOLUTION_LAYERS, TrainSettings
+        from .encoder import EncodeSettings, default_counts
+        from .presets import train_settings
+        from .train import RESOLUTION_LAYERS
 
         return EncodeSettings(
             gaussians=self.gaussians or default_counts(w, h, self.layers or 3),
-            train=TrainSettings(iterations=self.iterations or PRESETS[self.preset], mode=self.training,
-                                seed=self.seed,
-                                resolution_scales=RESOLUTION_LAYERS if self.resolution_layers else None),
+            train=train_settings(self.preset, self.iterations, mode=self.training, seed=self.seed,
+                                 resolution_scales=RESOLUTION_LAYERS if self.resolution_layers else None),
             device=self.device,
         )
 
@@ -397,7 +397,7 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
         with click.progressbar(length=total, label="fitting", file=sys.stderr,
                                item_show_func=lambda p: p, show_pos=True) as bar:
             def progress(done: int, _total: int, value: float) -> None:
-                bar.update(1, f"PSNR {value:.2f} dB")
+                bar.update(done - bar.pos, f"PSNR {value:.2f} dB")  # (early stopping skips ahead)
 
             result = encode_image(rgb, settings, progress)
     seconds = time.perf_counter() - start

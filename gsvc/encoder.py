@@ -20,15 +20,13 @@ from .layer_codec import encode_intra
 from .model import LayeredImage
 from .quantize import QuantSettings, dequantize, quantize_ints
 from .render import default_backend
+from .presets import DEFAULT_PRESET, PRESETS, train_settings  # noqa: F401 (re-exported)
 from .train import Progress, TrainSettings, fit
 
 #: Gaussians per layer for a 768x512 image (the P-GSVC Kodak setting); scaled by area.
 REFERENCE_COUNTS = (5000, 2000, 2000)
 REFERENCE_AREA = 768 * 512
 
-#: Iteration totals of the presets.
-PRESETS = {"fast": 600, "medium": 3000, "slow": 8000}
-DEFAULT_PRESET = "medium"
 
 
 def default_counts(width: int, height: int, layers: int = 3) -> tuple[int, ...]:

@@ -49,7 +49,7 @@ from .loss import clamped_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .quantize import fake_quantize
-from .render import render
+from .render import EPS, get_backend, render
 from .render.resample import area_shrink
 
 Progress = Callable[[int, int, float], None]  # (iteration done, total, PSNR of full render)
@@ -95,14 +95,56 @@ class TrainSettings:
     #: s_k < 1 (weight 1). 1 keeps them a good full-size picture as well; 0 trains them for
     #: s_k alone (better thumbnails, much worse full-size pictures: docs/results.md).
     resolution_full_weight: float = 1.0
+    #: coarse-to-fine fitting: (scale, share) phases, in order, each training for
+    #: ``share`` of the iterations against the target area-shrunk to ``scale`` of the
+    #: encoded size (coarse_render: cheaper by about scale^2); the remaining iterations
+    #: train at full size. Empty: every iteration at full size.
+    coarse_phases: tuple[tuple[float, float], ...] = ()
+    #: coarse phases: the position learning rate (pixels of the encoded size) is
+    #: multiplied by (1 / scale) ** coarse_lr_power, so a step moves a Gaussian by a
+    #: similar distance on the coarse grid
+    coarse_lr_power: float = 0.0
+    #: early stopping: a phase of the last joint stage (each coarse scale, then full size
+    #: up to the quantization-aware share) ends, and training moves on to the next phase
+    #: (learning-rate schedule included), when the mean PSNR of the full reconstruction
+    #: over the last ``plateau_window`` iterations beats the window before it by less than
+    #: ``plateau_tol_db``, or when that mean reaches ``plateau_psnr_db`` (beyond what
+    #: 8-bit output and the quantizer keep). 0: fixed iteration counts. Deterministic (it
+    #: only reads losses).
+    plateau_window: int = 0
+    plateau_tol_db: float = 0.01
+    plateau_psnr_db: float = 50.0
 
     def __post_init__(self) -> None:
+        self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)
+        if not all(0.0 < s < 1.0 and f >= 0.0 for s, f in self.coarse_phases):
+            raise ValueError(f"coarse phases need scales in (0, 1) and shares >= 0: {self.coarse_phases}")
+        if sum(f for _, f in self.coarse_phases) >= 1.0 - self.qat_share:
+            raise ValueError("coarse phases must leave the quantization-aware iterations at full size")
         if self.resolution_scales is not None:
             self.resolution_scales = tuple(float(s) for s in self.resolution_scales)
             if not all(0.0 < s <= 1.0 for s in self.resolution_scales):
                 raise ValueError(f"resolution scales must lie in (0, 1]: {self.resolution_scales}")
         if self.resolution_full_weight < 0:
             raise ValueError(f"resolution_full_weight must be at least 0: {self.resolution_full_weight}")
+
+    def scale_at(self, done: int, total: int) -> float:
+        """The coarse-to-fine scale of iteration ``done`` (0-based) of ``total``."""
+        end = 0.0
+        for scale, share in self.coarse_phases:
+            end += share
+            if done < round(end * total):
+                return scale
+        return 1.0
+
+    def phase_ends(self, total: int, qat_start: int) -> list[int]:
+        """Iteration (``done``) at which each phase ends: the coarse phases, then full size
+        up to ``qat_start``, then the quantization-aware rest up to ``total``."""
+        ends, end = [], 0.0
+        for _, share in self.coarse_phases:
+            end += share
+            ends.append(min(round(end * total), qat_start))
+        return ends + [qat_start, total]
 
     def intermediate_scale(self, k: int) -> float:
         """The scale at which the reconstruction of layers 1..k (k < L) is trained."""
@@ -132,9 +174,33 @@ def _param_groups(layer: GaussianLayer, s: TrainSettings) -> list[dict]:
     ]
 
 
-def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str) -> Tensor:
+def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str,
+                coarse: tuple[float, float] | None = None) -> Tensor:
     g = concat(layers)
+    if coarse is not None:
+        return coarse_render(g, h, w, coarse, backend)
     return render(g.means, g.chol, g.colors, h, w, backend=backend)
+
+
+def coarse_render(g: GaussianLayer, h: int, w: int, scale: tuple[float, float], backend: str) -> Tensor:
+    """Gaussians drawn directly on a coarser grid (scale (sx, sy) < 1 of the encoded size)
+    for coarse-to-fine training: covariance S L L^T S + EPS I (the pixel footprint of the
+    grid drawn on), colour times sqrt(det(S (L L^T + EPS I) S) / det(that)), so that each
+    Gaussian keeps the energy it has in the area-shrunk full-size picture. A cheap stand-in
+    for the decoder's shrink rule (draw at full size, area-resample), used only while
+    training; the last phase always trains at full size."""
+    sx, sy = scale
+    l1 = torch.exp(g.chol[:, 0])
+    l3 = torch.exp(g.chol[:, 1])
+    l2 = g.chol[:, 2] * l3
+    a, b, c = l1 * l1, l1 * l2, l2 * l2 + l3 * l3  # L L^T
+    s11, s12, s22 = a * (sx * sx) + EPS, b * (sx * sy), c * (sy * sy) + EPS
+    det = s11 * s22 - s12 * s12
+    det_scaled = ((a + EPS) * (c + EPS) - b * b) * (sx * sx * sy * sy)
+    conics = torch.stack([s22 / det, -s12 / det, s11 / det], -1)
+    gain = torch.sqrt(det_scaled / det)
+    means = g.means * g.means.new_tensor([sx, sy])
+    return get_backend(backend)(means, conics, g.colors * gain[:, None], h, w)
 
 
 class ScaledTargets:
@@ -186,22 +252,63 @@ def joint_loss(
     settings: TrainSettings,
     backend: str,
     joint: bool = True,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:  # (loss, MSE of the full render)
     """The P-GSVC objective of iteration ``it``: MSE(layers 1..L) + w * MSE(layers 1..k),
     k = 1 + it mod (L - 1); both from one render, the sum being additive. With resolution
-    layers the second term is also taken at ``settings.intermediate_scale(k)``."""
-    target = targets.full
+    layers the second term is also taken at ``settings.intermediate_scale(k)``. A coarse
+    ``scale`` < 1 (coarse-to-fine) takes both terms on the target area-shrunk to that
+    scale, drawn with ``coarse_render``."""
+    target = targets.at(scale)
     h, w = target.shape[:2]
+    coarse = None
+    if scale != 1.0:
+        full_h, full_w = targets.full.shape[:2]
+        coarse = (w / full_w, h / full_h)
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
-        low = _render_sum(present[:k], h, w, backend)
-        full = low + _render_sum(present[k:], h, w, backend)
+        low = _render_sum(present[:k], h, w, backend, coarse)
+        full = low + _render_sum(present[k:], h, w, backend, coarse)
         full_mse = clamped_mse(full, target)
-        part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
+        if coarse is None:
+            part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
+        else:
+            part_mse = clamped_mse(low, target)
         return full_mse + settings.intermediate_weight * part_mse, full_mse
-    full = _render_sum(present, h, w, backend)
+    full = _render_sum(present, h, w, backend, coarse)
     full_mse = clamped_mse(full, target)
     return full_mse, full_mse
+
+
+class _Plateau:
+    """Early stopping within the phases of ``TrainSettings.phase_ends`` (plateau_window)."""
+
+    def __init__(self, settings: TrainSettings, phase_ends: list[int]):
+        self.window = settings.plateau_window
+        self.tol = settings.plateau_tol_db
+        self.enough = settings.plateau_psnr_db
+        self.ends = phase_ends[:-1]  # the last (quantization-aware) phase always runs out
+        self.history: list[float] = []
+        self.phase_end = 0
+
+    def skip(self, done: int, psnr: float) -> int:
+        """Iterations to skip after iteration ``done`` (1-based count) with ``psnr``."""
+        end = next((e for e in self.ends if e >= done), None)
+        if end is None or end == done:
+            self.history = []
+            return 0
+        if end != self.phase_end:  # a new phase: a new scale, a new PSNR series
+            self.phase_end, self.history = end, []
+        self.history.append(psnr)
+        w = self.window
+        if len(self.history) < 2 * w:
+            return 0
+        recent = sum(self.history[-w:]) / w
+        gain = recent - sum(self.history[-2 * w:-w]) / w
+        if gain >= self.tol and recent < self.enough:
+            return 0
+        self.history = []
+        return end - done
 
 
 def refine(
@@ -229,7 +336,7 @@ def refine(
     for g in groups:
         g["base_lr"] *= lr_scale
         g["lr"] = g["base_lr"]
-    optimizer = torch.optim.Adam(groups, eps=1e-15, foreach=True)
+    optimizer = torch.optim.Adam(groups, eps=1e-15, fused=True)
     qat_from = iterations - round(iterations * settings.qat_share)
     targets = ScaledTargets(target)
     for it in range(iterations):
@@ -291,27 +398,44 @@ def fit(
             new = init_enhancement_layer(cpu_target, current, count, gen, init_backend)
         layers.append(_leaf(new, device))
         if sequential or optimizer is None:
-            optimizer = torch.optim.Adam(_param_groups(layers[-1], settings), eps=1e-15, foreach=True)
+            optimizer = torch.optim.Adam(_param_groups(layers[-1], settings), eps=1e-15, fused=True)
         else:
             for group in _param_groups(layers[-1], settings):
                 optimizer.add_param_group(group)
 
         n_iter = stage_iters[stage]
         qat_from = n_iter - round(n_iter * settings.qat_share) if (sequential or stage == num_layers - 1) else n_iter
-        for it in range(n_iter):
+        # early stopping: in the last joint stage, a phase (coarse scale, full size before
+        # the quantization-aware share) ends when its PSNR stops improving
+        plateau = None
+        if settings.plateau_window and not sequential and stage == num_layers - 1:
+            plateau = _Plateau(settings, phase_ends=settings.phase_ends(total, done + qat_from))
+        it = 0
+        while it < n_iter:
             frac = (it / max(1, n_iter - 1)) if sequential else (done / max(1, total - 1))
             decay = settings.lr_final_ratio**frac
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * decay
+            scale = settings.scale_at(done, total)
+            if scale != 1.0 and settings.coarse_lr_power:
+                for group in optimizer.param_groups[0::3]:  # positions (_param_groups' order)
+                    group["lr"] *= scale ** -settings.coarse_lr_power
             if it >= qat_from:  # (frozen layers are quantized already)
                 present = [fake_quantize(l, steps) if l.means.requires_grad else l for l in layers]
             else:
                 present = layers
-            loss, full_mse = joint_loss(present, targets, it, settings, backend, joint=not sequential)
+            loss, full_mse = joint_loss(present, targets, it, settings, backend, joint=not sequential,
+                                        scale=scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            it += 1
             done += 1
+            psnr = psnr_from_mse(full_mse.item()) if (progress is not None or plateau is not None) else 0.0
+            if plateau is not None:
+                skip = plateau.skip(done, psnr)
+                it += skip
+                done += skip
             if progress is not None:
-                progress(done, total, psnr_from_mse(full_mse.item()))
+                progress(done, total, psnr)
     return LayeredImage(w, h, [l.detached() for l in layers])

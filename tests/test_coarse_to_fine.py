@@ -1,0 +1,99 @@
+"""Coarse-to-fine fitting and early stopping: the schedule, the coarse render, determinism."""
+import numpy as np
+import pytest
+import torch
+
+from gsvc.encoder import EncodeSettings, encode_image
+from gsvc.model import GaussianLayer
+from gsvc.presets import PRESETS, train_settings
+from gsvc.quantize import QuantSettings
+from gsvc.render import render
+from gsvc.render.resample import area_shrink
+from gsvc.train import TrainSettings, _Plateau, coarse_render, fit
+
+STEPS = QuantSettings().steps()
+
+
+def test_phase_schedule():
+    s = TrainSettings(iterations=1000, coarse_phases=((0.25, 0.3), (0.5, 0.2)))
+    assert [s.scale_at(i, 1000) for i in (0, 299, 300, 499, 500, 999)] == [0.25, 0.25, 0.5, 0.5, 1.0, 1.0]
+    assert s.phase_ends(1000, 850) == [300, 500, 850, 1000]
+    assert TrainSettings(iterations=10).scale_at(0, 10) == 1.0
+    with pytest.raises(ValueError):
+        TrainSettings(coarse_phases=((1.5, 0.2),))
+    with pytest.raises(ValueError):  # must leave the quantization-aware share at full size
+        TrainSettings(coarse_phases=((0.5, 0.9),))
+
+
+def test_presets_are_schedules_and_iterations_override_the_budget_only():
+    medium = train_settings("medium")
+    assert medium.iterations == PRESETS["medium"].iterations
+    assert medium.plateau_window == PRESETS["medium"].plateau_window
+    quick = train_settings("medium", 50, seed=3)
+    assert (quick.iterations, quick.seed, quick.plateau_window) == (50, 3, medium.plateau_window)
+
+
+def _scene(n=40, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(n, 2, generator=g) * size
+    chol = torch.cat([torch.rand(n, 2, generator=g) * 1.5 + 0.5, torch.randn(n, 1, generator=g) * 0.3], 1)
+    colors = torch.rand(n, 3, generator=g) * 0.3
+    return GaussianLayer(means, chol, colors)
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5])
+def test_coarse_render_keeps_the_energy_of_the_shrunk_picture(scale):
+    """Gaussians drawn on the coarse grid approximate the decoder's shrink (full size,
+    area-resampled): same total energy, small pixel error for Gaussians wider than a pixel."""
+    g = _scene()
+    full = render(g.means, g.chol, g.colors, 64, 64)
+    shrunk = area_shrink(full, round(64 * scale), round(64 * scale))
+    coarse = coarse_render(g, shrunk.shape[0], shrunk.shape[1], (scale, scale), "torch")
+    assert coarse.shape == shrunk.shape
+    torch.testing.assert_close(coarse.sum(), shrunk.sum(), rtol=0.02, atol=0.0)
+    assert (coarse - shrunk).abs().mean() < 0.1 * shrunk.abs().mean()
+
+
+def test_coarse_render_backends_agree_with_gradients():
+    g = _scene(seed=1)
+    outs = []
+    for backend in ("torch", "numba"):
+        leaves = [t.clone().requires_grad_(True) for t in g.tensors()]
+        out = coarse_render(GaussianLayer(*leaves), 24, 32, (0.5, 0.375), backend)
+        out.backward(torch.ones_like(out))
+        outs.append((out.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_plateau_skips_to_the_end_of_a_flat_phase_only():
+    s = TrainSettings(iterations=1000, plateau_window=5, plateau_tol_db=0.05)
+    p = _Plateau(s, phase_ends=[400, 850, 1000])
+    rising = [p.skip(done, 20.0 + 0.1 * done) for done in range(201, 230)]
+    assert not any(rising)
+    skips = [p.skip(done, 30.0) for done in range(230, 245)]
+    jump = next(k for k in skips if k)
+    assert 230 + skips.index(jump) + jump == 400  # to the end of the phase
+    assert p.skip(860, 30.0) == 0 and p.skip(900, 30.0) == 0  # the last phase runs out
+
+
+def test_coarse_to_fine_with_early_stopping_is_deterministic_and_reports_progress(crop):
+    settings = EncodeSettings(gaussians=(40, 20, 20), device="cpu", backend="numba",
+                              train=TrainSettings(iterations=160, seed=0, coarse_phases=((0.25, 0.2), (0.5, 0.2)),
+                                                  coarse_lr_power=1.0, plateau_window=5, plateau_tol_db=0.5))
+    calls = []
+    first = encode_image(crop, settings, progress=lambda d, t, p: calls.append(d))
+    second = encode_image(crop, settings)
+    assert first.data == second.data
+    assert calls == sorted(calls) and calls[-1] == 160
+    assert len(calls) < 160  # the generous tolerance made a phase stop early
+
+
+def test_flat_picture_stops_early(crop):
+    """A flat picture is learned at once: early stopping cuts the full-size phase short."""
+    flat = torch.full((24, 32, 3), 0.4)
+    calls = []
+    fit(flat, (12, 6), TrainSettings(iterations=400, plateau_window=10), STEPS, backend="numba",
+        progress=lambda d, t, p: calls.append(d))
+    assert calls[-1] == 400 and len(calls) < 300
