@@ -34,7 +34,7 @@ class Preset:
 #: (flat or simple pictures), never a Kodak picture's.
 PRESETS: dict[str, Preset] = {
     "fast": Preset(iterations=600),
-    "medium": Preset(iterations=3000),
+    "medium": Preset(iterations=2400),
     "slow": Preset(iterations=8000),
 }
 DEFAULT_PRESET = "medium"

@@ -73,12 +73,14 @@ class TrainSettings:
     intermediate_weight: float = 1.0
     #: final share of iterations trained through the quantizer (per stage when sequential)
     qat_share: float = 0.15
-    #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours
-    lr_means: float = 0.6
-    lr_chol: float = 0.06
-    lr_colors: float = 0.01
+    #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours. Twice
+    #: those of the first release, decaying twice as far: the same PSNR in fewer
+    #: iterations (docs/results.md, "Encode speed")
+    lr_means: float = 1.2
+    lr_chol: float = 0.12
+    lr_colors: float = 0.02
     #: learning rates decay exponentially to this fraction by the last step
-    lr_final_ratio: float = 0.2
+    lr_final_ratio: float = 0.1
     #: share of the base layer's positions drawn uniformly (the rest follow image gradients)
     base_uniform_share: float = 0.3
     #: random seed of the initialization
@@ -317,6 +319,7 @@ def refine(
     settings: TrainSettings,
     iterations: int,
     lr_scale: float = 1.0,
+    lr_final_ratio: float | None = None,
     quantizer: Callable[[int, GaussianLayer], GaussianLayer] | None = None,
     rate: Callable[[int, GaussianLayer], Tensor] | None = None,
     rate_weight: float = 0.0,
@@ -329,7 +332,9 @@ def refine(
     sum of ``rate(l, layer)`` over layers (a rate proxy, bits); the last ``qat_share``
     of iterations renders layer l through ``quantizer(l, layer)``. ``after_step(l, layer,
     decay)`` may change the parameters in place after every optimizer step (a proximal
-    step of a rate term); ``decay`` is the learning-rate factor of that step."""
+    step of a rate term); ``decay`` is the learning-rate factor of that step. Learning
+    rates are ``settings``' times ``lr_scale``, decaying to ``lr_final_ratio`` (default:
+    ``settings.lr_final_ratio``) of that by the last step."""
     device = target.device
     layers = [_leaf(l, device) for l in start]
     groups = [g for layer in layers for g in _param_groups(layer, settings)]
@@ -339,8 +344,9 @@ def refine(
     optimizer = torch.optim.Adam(groups, eps=1e-15, fused=True)
     qat_from = iterations - round(iterations * settings.qat_share)
     targets = ScaledTargets(target)
+    final_ratio = settings.lr_final_ratio if lr_final_ratio is None else lr_final_ratio
     for it in range(iterations):
-        decay = settings.lr_final_ratio ** (it / max(1, iterations - 1))
+        decay = final_ratio ** (it / max(1, iterations - 1))
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
         if quantizer is not None and it >= qat_from:

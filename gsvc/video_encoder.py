@@ -74,8 +74,11 @@ class CodingStructure:
     gop: int = 30
     #: P-frame training iterations as a share of the I-frame iterations
     p_share: float = 0.15
-    #: P-frame learning rates as a share of the I-frame ones
-    p_lr_scale: float = 1.0
+    #: P-frame learning rates as a share of the I-frame ones (tuned when those were half
+    #: today's: the P-frames' rates are unchanged)
+    p_lr_scale: float = 0.5
+    #: P-frame learning rates decay to this fraction by their last step
+    p_lr_final_ratio: float = 0.2
     #: rate term of P-frames, MSE x pixels per bit: its gradient (an L1 proxy, ~2 bits
     #: per quantizer step of change) keeps Adam from wandering where the picture does
     #: not ask for change; ``shrink`` then snaps such parameters to exactly unchanged
@@ -254,6 +257,7 @@ class _Encoder:
             self.settings.train,
             iterations,
             lr_scale=s.p_lr_scale,
+            lr_final_ratio=s.p_lr_final_ratio,
             quantizer=lambda l, layer: fake_quantize_predicted(layer, bases[l], self.steps, s.deadzone),
             rate=lambda l, layer: rates[l](layer),
             rate_weight=s.rate_lambda / (self.width * self.height),

@@ -241,6 +241,113 @@ def test_backward_binning_reused():
     assert (out == nk.forward_sum(means, conics, colors, height, width)).all()
 
 
+def _trained_like(height, width, seed):
+    """Needles (elongated, rotated), large, small and off-image Gaussians, float32 numpy."""
+    g = torch.Generator().manual_seed(seed)
+
+    def part(n, lo, hi, major, minor):
+        means = torch.rand(n, 2, generator=g) * (torch.tensor(hi) - torch.tensor(lo)) + torch.tensor(lo)
+        axes = [torch.rand(n, generator=g) * (b - a) + a for a, b in (major, minor)]
+        return means, _conics_from_axes(*axes, torch.rand(n, generator=g) * math.pi)
+
+    size = [float(width), float(height)]
+    parts = [part(300, [0.0, 0.0], size, (5, 120), (0.2, 2)),  # needles
+             part(20, [-50.0, -50.0], [width + 50.0, height + 50.0], (50, 400), (20, 200)),  # large
+             part(300, [0.0, 0.0], size, (0.2, 3), (0.2, 3)),  # small
+             part(60, [-300.0, -300.0], [width + 300.0, height + 300.0], (5, 150), (0.3, 5))]  # off
+    means = torch.round(torch.cat([p[0] for p in parts]) * 16) / 16
+    conics = torch.cat([p[1] for p in parts])
+    colors = torch.randn(len(means), 3, generator=g)
+    return (t.numpy().astype("float32") for t in (means, conics, colors))
+
+
+def _bit_equal(a, b):
+    same = a.shape == b.shape and a.dtype == b.dtype
+    return same and (a.view(f"u{a.itemsize}") == b.view(f"u{b.itemsize}")).all()
+
+
+@pytest.mark.parametrize("scene", ["random", "trained"])
+def test_culling_bit_identical(scene):
+    """Leaving out the tiles a Gaussian's ellipse misses changes no bit of the picture nor
+    of the gradients (signed zeros included), drops pairs, and bins deterministically."""
+    import numpy as np
+
+    from gsvc.render import numba_kernels as nk
+
+    height, width = (64, 96) if scene == "random" else (160, 224)
+    if scene == "random":
+        means, conics, colors = (t.numpy() for t in _gaussians(300, height, width, seed=41, mu=1.2))
+    else:
+        means, conics, colors = _trained_like(height, width, seed=43)
+    grad = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(10)).numpy()
+    boxes = nk.pixel_boxes(means, conics, height, width)
+    full = nk.bin_boxes(boxes, height, width)  # every box tile: the kernels without culling
+    culled = nk.bin_boxes(boxes, height, width, means, conics)
+    assert len(culled[1]) < (0.9 if scene == "random" else 0.5) * len(full[1])
+    out = nk.forward_sum(means, conics, colors, height, width, boxes, full)
+    assert _bit_equal(nk.forward_sum(means, conics, colors, height, width, boxes, culled), out)
+    assert _bit_equal(nk.forward_sum(means, conics, colors, height, width), out)  # culls by default
+    ref = nk.backward_sum(means, conics, colors, boxes, grad, full)
+    for got in (nk.backward_sum(means, conics, colors, boxes, grad, culled),
+                nk.backward_sum(means, conics, colors, boxes, grad)):
+        for a, b in zip(got, ref):
+            assert _bit_equal(a, b)
+    # the lists: ascending ids per tile, a subset of the box tiles; the same for 1 thread
+    offsets, ids = culled[0], culled[1]
+    for t in range(len(offsets) - 1):
+        assert (np.diff(ids[offsets[t] : offsets[t + 1]]) > 0).all()
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        again = nk.bin_boxes(boxes, height, width, means, conics)
+    finally:
+        numba.set_num_threads(threads)
+    assert all(np.array_equal(a, b) for a, b in zip(again, culled))
+
+
+def test_culling_drops_needle_pairs():
+    """A diagonal needle meets a band of the tiles of its box: the rest are dropped, and
+    every dropped pair keeps no pixel (brute force, in the kernels' float32 order)."""
+    import numpy as np
+
+    from gsvc.render import numba_kernels as nk
+
+    f32 = np.float32
+    height = width = 160
+    angles = torch.tensor([math.pi / 4, 3 * math.pi / 4, 0.3, 1.2, 2.0])
+    minor = torch.tensor([0.3, 0.5, 0.8, 1.0, 2.0])
+    conics = _conics_from_axes(torch.full((5,), 40.0), minor, angles).numpy()
+    means = np.array([[80.3, 80.7], [60.5, 90.5], [100.0, 70.25], [50.1, 40.9], [120.4, 110.6]], f32)
+    colors = np.ones((5, 3), f32)
+    boxes = nk.pixel_boxes(means, conics, height, width)
+    full = nk.bin_boxes(boxes, height, width)
+    culled = nk.bin_boxes(boxes, height, width, means, conics)
+    assert len(culled[1]) < 0.5 * len(full[1])
+    out = nk.forward_sum(means, conics, colors, height, width, boxes, full)
+    assert _bit_equal(nk.forward_sum(means, conics, colors, height, width, boxes, culled), out)
+    # pairs (tile, Gaussian) dropped: all their pixels (box part of the tile) fail the cut
+    tiles_x = -(-width // nk.TILE)
+
+    def pairs(bins):
+        offsets, ids = bins[0], bins[1]
+        return set(zip(np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)).tolist(), ids.tolist()))
+
+    dropped = pairs(full) - pairs(culled)
+    assert dropped and pairs(culled) <= pairs(full)
+    closest = np.inf
+    for t, i in dropped:
+        x0, x1, y0, y1 = boxes[i]
+        tx, ty = (t % tiles_x) * nk.TILE, (t // tiles_x) * nk.TILE
+        px = np.arange(max(tx, x0), min(tx + nk.TILE - 1, x1) + 1).astype(f32)
+        py = np.arange(max(ty, y0), min(ty + nk.TILE - 1, y1) + 1).astype(f32)
+        dx = ((px + f32(0.5)) - means[i, 0])[None, :]
+        dy = ((py + f32(0.5)) - means[i, 1])[:, None]
+        ca, cb2, cc = conics[i, 0], f32(2) * conics[i, 1], conics[i, 2]
+        q = (ca * dx * dx + cb2 * dx * dy) + cc * dy * dy
+        closest = min(closest, float(q.min()))
+    assert f32(closest) > nk._Q32 and closest < 1.5 * nk._Q32  # the bound is tight
+
+
 def test_invalid_conics_zero_grad():
     """Non-positive-definite / non-finite conics and non-finite means: nothing drawn,
     zero gradients, and the other Gaussians' gradients are unaffected."""

@@ -26,7 +26,7 @@ class _RasterizeSum(torch.autograd.Function):
         c = _as_f32(conics)
         col = _as_f32(colors)
         boxes = pixel_boxes(m, c, height, width)
-        bins = bin_boxes(boxes, height, width)  # kept for the backward: it needs no re-binning
+        bins = bin_boxes(boxes, height, width, m, c)  # kept for the backward: it needs no re-binning
         out = forward_sum(m, c, col, height, width, boxes, bins)
         if any(ctx.needs_input_grad[:3]):
             ctx.arrays = (m, c, col, boxes, bins)

@@ -14,12 +14,26 @@ to each Gaussian's conservative box, outside which q > Q_MAX anyway); exp is a
 vectorizable Cephes polynomial within 1 ulp of torch.exp. Outputs and gradients are
 float32 sums, so they match the reference to float32 rounding, not bit for bit.
 
-Forward: each Gaussian's pixel box (geometry.bbox_radius, widened by a hair so it is
-conservative) is binned into TILE x TILE tiles (count, prefix sum, fill in ascending
-Gaussian order). Tiles are rendered in parallel; a Gaussian visits the rows of its box
-inside the tile, all TILE columns at once (one SIMD register of float32), and each
-pixel sums its Gaussians in ascending index order: the output is bit-for-bit the same
-from run to run and for any thread count.
+Binning: each Gaussian's pixel box (geometry.bbox_radius, widened by a hair so it is
+conservative) is binned into the TILE x TILE tiles it meets (count, prefix sum, fill in
+ascending Gaussian order), leaving out a tile where the Gaussian keeps no pixel of its
+box: a rigorous float64 bound (_misses, as numpy_forward's cells: the exact minimum of
+q over the part of the box in the tile, less a bound on the float32 rounding of q, is
+above the cut-off). Such a pair would only add w = +0 times finite values to sums that
+start at +0.0, so leaving it out changes no bit of the output nor of the gradients (with
+finite colours and incoming gradients). Elongated, rotated Gaussians ("needles") have
+large boxes that their ellipse mostly misses: in a trained 768x512 picture of 9000
+Gaussians culling drops a third of the (tile, Gaussian) pairs and a quarter of the
+pixel-Gaussian pairs. Each row of a box's tiles is tested from both ends inwards up to
+the first tile kept (the tiles between are kept untested; so are boxes one tile tall or
+wide, whose tiles the ellipse crosses); binning stays deterministic.
+bin_boxes culls when given the boxes' means and conics (forward_sum and backward_sum do,
+when they bin for themselves); without them it lists every tile of each box.
+
+Forward: tiles are rendered in parallel; a Gaussian visits the rows of its box inside
+the tile, all TILE columns at once (one SIMD register of float32), and each pixel sums
+its Gaussians in ascending index order: the output is bit-for-bit the same from run to
+run and for any thread count.
 
 Backward: mirrors the forward, reusing its binning. Tiles are processed in parallel;
 the tile's incoming gradient is copied to a planar TILE x TILE block, and each of its
@@ -28,10 +42,11 @@ cut) two rows per pass, with per-column float32 partial sums of w*g (3), d, d*dy
 d*dy^2 (d = w * <color, g> = -2 dL/dq; the dx moments are taken from the column sums,
 dx being constant down a column). These are folded over the TILE lanes in a fixed
 pairwise order (SIMD shuffles) into the (tile, Gaussian) pair's own float64 row of a
-pair buffer, laid out Gaussian-major with each Gaussian's tiles in row-major order;
-a second parallel pass sums each Gaussian's rows in that order. Every pair is written
-once by one thread, so the backward is race-free and its gradients are bit-for-bit the
-same from run to run and for any thread count.
+pair buffer, laid out Gaussian-major with each Gaussian's kept tiles in row-major order
+(the binning records each list entry's row); a second parallel pass sums each
+Gaussian's rows in that order. Every pair is written once by one thread, so the
+backward is race-free and its gradients are bit-for-bit the same from run to run and
+for any thread count.
 
 Conics that are not positive definite (or not finite), and non-finite means, draw
 nothing and get zero gradients; from geometry.conics_from_chol they always are valid.
@@ -54,6 +69,7 @@ LANES = TILE  # float32 lanes evaluated side by side (one tile row), forward and
 # backward: sums per (tile, Gaussian) pair, in this order (d = w * <color, g>)
 _NSUM = 8  # w g_r, w g_g, w g_b, d dx, d dy, d dy^2, d dx dy, d dx^2
 _CHUNK = 4  # prange work items handed out at a time (dynamic scheduling)
+_BIN_CHUNK = 64  # the same for the binning's Gaussians (cheap items)
 
 # The GIL is kept (no nogil): concurrent calls from several Python threads then queue
 # up instead of nesting parallel regions, which numba's workqueue layer cannot do.
@@ -61,6 +77,7 @@ _JIT = dict(cache=True, fastmath=False, error_model="numpy")
 
 _F = np.float32
 _Q32 = _F(Q_MAX)  # the reference compares float32 q with Q_MAX rounded to float32
+_Q32_64 = float(_Q32)  # the same cut-off, for the float64 tile culling
 _ZERO32 = _F(0.0)
 _ONE32 = _F(1.0)
 _HALF32 = _F(0.5)
@@ -194,39 +211,138 @@ def _prepare(means, conics, height, width, boxes):
         boxes[i, 3] = np.int32(fy1)
 
 
-@numba.njit(**_JIT)
-def _bin(boxes, tiles_x, tiles_y):
-    """Per-tile lists of Gaussian ids in ascending order: (offsets [T + 1], ids)."""
+@numba.njit(inline="always", **_JIT)
+def _misses(ca, cb, cc, kx, ky, mx, my, x_lo, x_hi, y_lo, y_hi):
+    """Whether no pixel centre of columns x_lo..x_hi, rows y_lo..y_hi passes the float32
+    cut q <= Q_MAX: numpy_forward._misses for one valid Gaussian (float64 parameters,
+    kx = -cb / cc, ky = -cb / ca).
+
+    Rigorous: the exact minimum of q over the rectangle of pixel centres, less a bound on
+    the float32 evaluation's rounding (a few ulps of the terms' magnitudes, ``size``), is
+    above the cut-off. Needs terms far from float32 overflow (_bin_tiles checks that)."""
+    x0 = x_lo + 0.5 - mx  # the rectangle, relative to the mean
+    x1 = x_hi + 0.5 - mx
+    y0 = y_lo + 0.5 - my
+    y1 = y_hi + 0.5 - my
+    if x0 <= 0.0 and x1 >= 0.0 and y0 <= 0.0 and y1 >= 0.0:
+        return False  # the mean is inside: q = 0 there
+    # q is convex: outside the rectangle its minimum lies on an edge (at the edge's own
+    # minimum, clipped to the edge); an edge point at or under the cut-off settles it
+    v = min(max(kx * x0, y0), y1)
+    qmin = ca * x0 * x0 + 2.0 * cb * x0 * v + cc * v * v
+    if qmin <= _Q32_64:
+        return False
+    v = min(max(kx * x1, y0), y1)
+    qmin = min(qmin, ca * x1 * x1 + 2.0 * cb * x1 * v + cc * v * v)
+    if qmin <= _Q32_64:
+        return False
+    u = min(max(ky * y0, x0), x1)
+    qmin = min(qmin, ca * u * u + 2.0 * cb * u * y0 + cc * y0 * y0)
+    if qmin <= _Q32_64:
+        return False
+    u = min(max(ky * y1, x0), x1)
+    qmin = min(qmin, ca * u * u + 2.0 * cb * u * y1 + cc * y1 * y1)
+    ax = max(abs(x0), abs(x1))
+    ay = max(abs(y0), abs(y1))
+    size = ca * ax * ax + 2.0 * abs(cb) * ax * ay + cc * ay * ay  # bounds |each term| of q
+    return qmin - (2.0**-20 * size + 1e-9) > _Q32_64
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bin_tiles(means, conics, boxes, box_starts, cull, tiles_x, tiles, counts):
+    """Gaussian i's tiles, row-major: tiles[box_starts[i]:][:counts[i]] (tile ids), all
+    the tiles its box meets, or with ``cull`` those where it may keep a pixel of its box.
+
+    Culling tests (_misses) each row of tiles from both ends inwards up to the first tile
+    kept: the ellipse meets a convex set of each row, so the tiles between are kept
+    (untested: keeping a pair is always safe)."""
     n = boxes.shape[0]
-    nt = tiles_x * tiles_y
-    offsets = np.zeros(nt + 1, dtype=np.int64)
+    for i in prange(n):
+        x0 = boxes[i, 0]
+        x1 = boxes[i, 1]
+        y0 = boxes[i, 2]
+        y1 = boxes[i, 3]
+        counts[i] = 0
+        if x0 > x1 or y0 > y1:
+            continue  # (also: invalid conic or mean)
+        ca = np.float64(conics[i, 0])
+        cb = np.float64(conics[i, 1])
+        cc = np.float64(conics[i, 2])
+        mx = np.float64(means[i, 0])
+        my = np.float64(means[i, 1])
+        # a box one tile tall or wide is not tested: the ellipse spans the box, so it
+        # crosses (nearly) all of its tiles. The others are tested where float32 q and
+        # all its intermediates stay below 1e31 on the box (no overflow, where _misses'
+        # rounding bound would fail)
+        bx = max(abs(x0 + 0.5 - mx), abs(x1 + 0.5 - mx))
+        by = max(abs(y0 + 0.5 - my), abs(y1 + 0.5 - my))
+        test = cull and x0 // TILE < x1 // TILE and y0 // TILE < y1 // TILE
+        test = test and max(ca, abs(cb), cc) * (1.0 + bx + by) ** 2 <= 1e30
+        kx = -cb / cc if test else 0.0
+        ky = -cb / ca if test else 0.0
+        j = box_starts[i]
+        for ty in range(y0 // TILE, y1 // TILE + 1):
+            ylo = max(ty * TILE, y0)
+            yhi = min(ty * TILE + TILE - 1, y1)
+            a = x0 // TILE
+            b = x1 // TILE
+            if test:
+                while a <= b and _misses(ca, cb, cc, kx, ky, mx, my, max(a * TILE, x0),
+                                         min(a * TILE + TILE - 1, x1), ylo, yhi):
+                    a += 1
+                while b > a and _misses(ca, cb, cc, kx, ky, mx, my, max(b * TILE, x0),
+                                        min(b * TILE + TILE - 1, x1), ylo, yhi):
+                    b -= 1
+            for tx in range(a, b + 1):
+                tiles[j] = ty * tiles_x + tx
+                j += 1
+        counts[i] = j - box_starts[i]
+
+
+@numba.njit(**_JIT)
+def _box_starts(boxes):
+    """[N + 1] start of each Gaussian's run in a buffer of all the tiles of the boxes."""
+    n = boxes.shape[0]
+    starts = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         x0 = boxes[i, 0]
         x1 = boxes[i, 1]
         y0 = boxes[i, 2]
         y1 = boxes[i, 3]
-        if x0 > x1 or y0 > y1:
-            continue
-        for ty in range(y0 // TILE, y1 // TILE + 1):
-            for tx in range(x0 // TILE, x1 // TILE + 1):
-                offsets[ty * tiles_x + tx + 1] += 1
-    for t in range(nt):
+        cnt = 0
+        if x0 <= x1 and y0 <= y1:
+            cnt = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
+        starts[i + 1] = starts[i] + cnt
+    return starts
+
+
+@numba.njit(**_JIT)
+def _bin(box_starts, tiles, counts, ntiles):
+    """Per-tile lists of the (tile, Gaussian) pairs of _bin_tiles: (offsets [T + 1], ids,
+    slots, starts). Tile t lists ids[offsets[t]:offsets[t + 1]], ascending; the backward's
+    pair buffer is Gaussian-major (Gaussian i's kept tiles in row-major order are its pairs
+    starts[i]..starts[i + 1] - 1), and slots[k] is the pair of list entry k."""
+    n = counts.shape[0]
+    starts = np.zeros(n + 1, dtype=np.int64)
+    offsets = np.zeros(ntiles + 1, dtype=np.int64)
+    for i in range(n):
+        starts[i + 1] = starts[i] + counts[i]
+        for j in range(box_starts[i], box_starts[i] + counts[i]):
+            offsets[tiles[j] + 1] += 1
+    for t in range(ntiles):
         offsets[t + 1] += offsets[t]
-    ids = np.empty(offsets[nt], dtype=np.int32)
-    fill = offsets[:nt].copy()
+    ids = np.empty(offsets[ntiles], dtype=np.int32)
+    slots = np.empty(offsets[ntiles], dtype=np.int64)
+    fill = offsets[:ntiles].copy()
     for i in range(n):
-        x0 = boxes[i, 0]
-        x1 = boxes[i, 1]
-        y0 = boxes[i, 2]
-        y1 = boxes[i, 3]
-        if x0 > x1 or y0 > y1:
-            continue
-        for ty in range(y0 // TILE, y1 // TILE + 1):
-            for tx in range(x0 // TILE, x1 // TILE + 1):
-                t = ty * tiles_x + tx
-                ids[fill[t]] = i
-                fill[t] += 1
-    return offsets, ids
+        p = starts[i]
+        for j in range(box_starts[i], box_starts[i] + counts[i]):
+            t = tiles[j]
+            ids[fill[t]] = i
+            slots[fill[t]] = p
+            fill[t] += 1
+            p += 1
+    return offsets, ids, slots, starts
 
 
 # --------------------------------------------------------------------------- forward
@@ -311,37 +427,19 @@ def _planar_grad(grad_out, gp):
                 gp[2, y, x] = 0.0
 
 
-@numba.njit(**_JIT)
-def _pair_starts(boxes):
-    """[N + 1] start of each Gaussian's run of (tile, Gaussian) pairs in the backward's
-    Gaussian-major pair buffer; its tiles follow in row-major (= ascending) order."""
-    n = boxes.shape[0]
-    starts = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        x0 = boxes[i, 0]
-        x1 = boxes[i, 1]
-        y0 = boxes[i, 2]
-        y1 = boxes[i, 3]
-        cnt = 0
-        if x0 <= x1 and y0 <= y1:
-            cnt = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
-        starts[i + 1] = starts[i] + cnt
-    return starts
-
-
 @numba.njit(parallel=True, **_JIT)
-def _backward_tiles(means, conics, colors, boxes, offsets, ids, starts, tiles_x, gp, height,
+def _backward_tiles(means, conics, colors, boxes, offsets, ids, slots, tiles_x, gp, height,
                     sums):
     """sums[pair] <- the _NSUM sums of one Gaussian over one tile (every pair once)."""
     nt = offsets.shape[0] - 1
     for t in prange(nt):
         if offsets[t] < offsets[t + 1]:
-            _backward_tile(means, conics, colors, boxes, offsets, ids, starts, tiles_x, t,
+            _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t,
                            gp, height, sums)
 
 
 @numba.njit(inline="always", **_JIT)
-def _backward_tile(means, conics, colors, boxes, offsets, ids, starts, tiles_x, t, gp, height,
+def _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t, gp, height,
                    sums):
     ty = t // tiles_x
     tx = t - ty * tiles_x
@@ -424,20 +522,19 @@ def _backward_tile(means, conics, colors, boxes, offsets, ids, starts, tiles_x, 
                 s[3, lx] += d + f
                 s[4, lx] += dyd + fye
                 s[5, lx] += dyd * dy + fye * ey
-        # this pair's slot: Gaussian i's tiles, row-major
-        bt0 = boxes[i, 0] // TILE
-        p = starts[i] + (ty - boxes[i, 2] // TILE) * (boxes[i, 1] // TILE - bt0 + 1) + (tx - bt0)
-        _pair_sums(s, sums, p)
+        _pair_sums(s, sums, slots[k])
 
 
 @numba.njit(parallel=True, **_JIT)
-def _backward_fold(conics, starts, sums, g_means, g_conics, g_colors):
+def _backward_fold(conics, boxes, starts, sums, g_means, g_conics, g_colors):
     """Fold each Gaussian's pair sums in ascending tile order into its gradients
     (g_* zero on entry)."""
     n = conics.shape[0]
     for i in prange(n):
-        if starts[i] == starts[i + 1]:
-            continue  # draws nothing (also: invalid conic or mean): zero gradients
+        if boxes[i, 0] > boxes[i, 1] or boxes[i, 2] > boxes[i, 3]:
+            continue  # no pixel (also: invalid conic or mean): zero gradients
+        # a box whose every tile was culled folds no pair: sums +0.0, as the pairs would
+        # have given (so g_conics are -0.0, as without culling)
         t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
         for p in range(starts[i], starts[i + 1]):
             t0 += sums[p, 0]
@@ -464,11 +561,11 @@ def _backward_fold(conics, starts, sums, g_means, g_conics, g_colors):
 
 
 # --------------------------------------------------------------------------- numpy entry points
-def _dynamic(kernel, *args):
-    """Run a parallel kernel handing out _CHUNK iterations at a time (load balance;
+def _dynamic(kernel, *args, chunk=_CHUNK):
+    """Run a parallel kernel handing out ``chunk`` iterations at a time (load balance;
     results do not depend on the schedule). Set from Python: numba cannot cache a
     function that sets the chunk size itself."""
-    old = numba.set_parallel_chunksize(_CHUNK)
+    old = numba.set_parallel_chunksize(chunk)
     try:
         kernel(*args)
     finally:
@@ -486,16 +583,35 @@ def pixel_boxes(means: np.ndarray, conics: np.ndarray, height: int, width: int) 
 
 
 def box_work(boxes: np.ndarray) -> int:
-    """Pixel-Gaussian pairs the forward evaluates: the summed area of the boxes."""
+    """Pixel-Gaussian pairs of the boxes (their summed area): a bound on the forward's
+    work, which leaves out the tiles a Gaussian's ellipse misses."""
     w = np.maximum(boxes[:, 1].astype(np.int64) - boxes[:, 0] + 1, 0)
     h = np.maximum(boxes[:, 3].astype(np.int64) - boxes[:, 2] + 1, 0)
     return int(np.dot(w, h))
 
 
-def bin_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile lists of the Gaussians whose box meets the tile, ascending: (offsets
-    [T + 1] int64, ids int32), tiles in row-major order. Shared by forward and backward."""
-    return _bin(boxes, -(-width // TILE), -(-height // TILE))
+def bin_boxes(
+    boxes: np.ndarray, height: int, width: int,
+    means: np.ndarray | None = None, conics: np.ndarray | None = None,  # the boxes' own
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tile lists of the Gaussians whose box meets the tile, ascending, shared by
+    forward and backward: (offsets [T + 1] int64, ids int32, slots int64, starts [N + 1]
+    int64), tiles in row-major order (_bin). Given the means and conics the boxes were
+    made from, a Gaussian is left out of a tile where its ellipse keeps no pixel of its
+    box (it would add only +0 there); without them every box tile is listed (no culling:
+    the same pictures and gradients, more work)."""
+    box_starts = _box_starts(boxes)
+    tiles_x = -(-width // TILE)
+    tiles = np.empty(box_starts[-1], dtype=np.int32)
+    counts = np.empty(boxes.shape[0], dtype=np.int64)
+    cull = means is not None and conics is not None
+    if boxes.shape[0]:
+        if not cull:
+            means = np.zeros((boxes.shape[0], 2), dtype=np.float32)
+            conics = np.zeros((boxes.shape[0], 3), dtype=np.float32)
+        _dynamic(_bin_tiles, means, conics, boxes, box_starts, cull, tiles_x, tiles, counts,
+                 chunk=_BIN_CHUNK)
+    return _bin(box_starts, tiles, counts, tiles_x * -(-height // TILE))
 
 
 def forward_sum(
@@ -505,7 +621,7 @@ def forward_sum(
     height: int,
     width: int,
     boxes: np.ndarray | None = None,  # [N, 4] from pixel_boxes, when already computed
-    bins: tuple[np.ndarray, np.ndarray] | None = None,  # bin_boxes(boxes, ...), likewise
+    bins: tuple | None = None,  # bin_boxes(boxes, ..., means, conics), likewise
 ) -> np.ndarray:  # [H, W, 3] float32, not clamped
     """The additive sum over a height x width image (module docstring)."""
     if boxes is None:
@@ -513,8 +629,8 @@ def forward_sum(
     out = np.empty((height, width, 3), dtype=np.float32)
     if out.size:
         if bins is None:
-            bins = bin_boxes(boxes, height, width)
-        offsets, ids = bins
+            bins = bin_boxes(boxes, height, width, means, conics)
+        offsets, ids = bins[0], bins[1]
         _dynamic(_forward, means, conics, colors, boxes, offsets, ids, -(-width // TILE), out)
     return out
 
@@ -522,7 +638,7 @@ def forward_sum(
 def backward_sum(
     means: np.ndarray, conics: np.ndarray, colors: np.ndarray, boxes: np.ndarray,
     grad_out: np.ndarray,  # [H, W, 3] float32
-    bins: tuple[np.ndarray, np.ndarray] | None = None,  # the forward's bin_boxes(boxes, ...)
+    bins: tuple | None = None,  # the forward's bin_boxes(boxes, ...)
 ) -> list[np.ndarray]:  # float64 gradients [N, 2], [N, 3], [N, 3]
     """Gradients of sum(grad_out * forward) w.r.t. means, conics and colors."""
     n = means.shape[0]
@@ -530,16 +646,15 @@ def backward_sum(
     grads = [np.zeros((n, k), dtype=np.float64) for k in (2, 3, 3)]
     if n and grad_out.size:
         if bins is None:
-            bins = bin_boxes(boxes, height, width)
-        offsets, ids = bins
-        starts = _pair_starts(boxes)
+            bins = bin_boxes(boxes, height, width, means, conics)
+        offsets, ids, slots, starts = bins
         sums = np.empty((ids.shape[0], _NSUM), dtype=np.float64)
         tiles_x = -(-width // TILE)
         gp = np.empty((3, -(-height // TILE) * TILE, tiles_x * TILE), dtype=np.float32)
         _planar_grad(grad_out, gp)
-        _dynamic(_backward_tiles, means, conics, colors, boxes, offsets, ids, starts,
+        _dynamic(_backward_tiles, means, conics, colors, boxes, offsets, ids, slots,
                  tiles_x, gp, height, sums)
-        _backward_fold(conics, starts, sums, *grads)
+        _backward_fold(conics, boxes, starts, sums, *grads)
     return grads
 
 
