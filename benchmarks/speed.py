@@ -111,6 +111,8 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, help="override the presets' iteration counts (quick checks)")
     ap.add_argument("--no-large", action="store_true", help="skip the upscaled 1920x1280 and 4000x3000 pictures")
     ap.add_argument("--large-only", action="store_true", help="only the upscaled pictures")
+    ap.add_argument("--large", default=",".join(label for label, _, _ in LARGE),
+                    help="which upscaled pictures (default: %(default)s)")
     ap.add_argument("--no-render", action="store_true", help="skip the forward/backward timing")
     ap.add_argument("--threads", help="comma-separated thread counts to compare (e.g. 1,2); default: all cores")
     ap.add_argument("--json", type=Path, help="also write every row here")
@@ -134,7 +136,7 @@ def main(argv=None) -> None:
         if not args.no_large:
             source = data / f"{LARGE_SOURCE}.png"
             specs += [{"name": label, "path": str(source), "size": [w, h], "preset": preset}
-                      for label, w, h in LARGE]
+                      for label, w, h in LARGE if label in args.large.split(",")]
     if args.threads:
         specs = [{**spec, "threads": int(n)} for spec in specs for n in args.threads.split(",")]
     for spec in specs:
