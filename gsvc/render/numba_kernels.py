@@ -62,7 +62,9 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from .geometry import Q_MAX
+from .kernel_floats import (  # noqa: F401 (box_work: re-exported)
+    BOX_MARGIN, CULL_ABS, CULL_REL, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E, Q32, QBOX, box_work,
+)
 
 TILE = 16  # tile side in pixels: a tile row is one 16-lane float32 vector
 LANES = TILE  # float32 lanes evaluated side by side (one tile row), forward and backward
@@ -76,28 +78,21 @@ _BIN_CHUNK = 64  # the same for the binning's Gaussians (cheap items)
 _JIT = dict(cache=True, fastmath=False, error_model="numpy")
 
 _F = np.float32
-_Q32 = _F(Q_MAX)  # the reference compares float32 q with Q_MAX rounded to float32
+_Q32 = Q32  # the reference compares float32 q with Q_MAX rounded to float32
 _Q32_64 = float(_Q32)  # the same cut-off, for the float64 tile culling
 _ZERO32 = _F(0.0)
 _ONE32 = _F(1.0)
 _HALF32 = _F(0.5)
 _MHALF32 = _F(-0.5)
 _TWO32 = _F(2.0)
-# Boxes use a slightly larger cut-off and a small margin (float64), so that they never
-# drop a pixel whose float32 q passes the cut.
-_QBOX = Q_MAX * (1.0 + 1e-4)
-_MARGIN = 1e-2
-# Cephes expf
-_EXP_LO = _F(-80.0)
-_LOG2E = _F(1.44269504088896341)
-_LN2_HI = _F(0.693359375)
-_LN2_LO = _F(-2.12194440e-4)
-_P0 = _F(1.9875691500e-4)
-_P1 = _F(1.3981999507e-3)
-_P2 = _F(8.3334519073e-3)
-_P3 = _F(4.1665795894e-2)
-_P4 = _F(1.6666665459e-1)
-_P5 = _F(5.0000001201e-1)
+# box cut-off and margin, Cephes expf (kernel_floats.py, shared with numpy_forward.py)
+_QBOX = QBOX
+_MARGIN = BOX_MARGIN
+_EXP_LO = EXP_LO
+_LOG2E = LOG2E
+_LN2_HI = LN2_HI
+_LN2_LO = LN2_LO
+_P0, _P1, _P2, _P3, _P4, _P5 = EXP_P
 
 
 # --------------------------------------------------------------------------- exp
@@ -245,7 +240,7 @@ def _misses(ca, cb, cc, kx, ky, mx, my, x_lo, x_hi, y_lo, y_hi):
     ax = max(abs(x0), abs(x1))
     ay = max(abs(y0), abs(y1))
     size = ca * ax * ax + 2.0 * abs(cb) * ax * ay + cc * ay * ay  # bounds |each term| of q
-    return qmin - (2.0**-20 * size + 1e-9) > _Q32_64
+    return qmin - (CULL_REL * size + CULL_ABS) > _Q32_64
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -580,14 +575,6 @@ def pixel_boxes(means: np.ndarray, conics: np.ndarray, height: int, width: int) 
     if means.shape[0]:
         _prepare(means, conics, height, width, boxes)
     return boxes
-
-
-def box_work(boxes: np.ndarray) -> int:
-    """Pixel-Gaussian pairs of the boxes (their summed area): a bound on the forward's
-    work, which leaves out the tiles a Gaussian's ellipse misses."""
-    w = np.maximum(boxes[:, 1].astype(np.int64) - boxes[:, 0] + 1, 0)
-    h = np.maximum(boxes[:, 3].astype(np.int64) - boxes[:, 2] + 1, 0)
-    return int(np.dot(w, h))
 
 
 def bin_boxes(

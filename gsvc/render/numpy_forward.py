@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import Q_MAX
+from .kernel_floats import (  # noqa: F401 (box_work: re-exported)
+    BOX_MARGIN, CULL_ABS, CULL_REL, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E, Q32, QBOX, box_work,
+)
 
 CELL_W = 8  # cell width in pixels
 CELL_H = 8  # cell height in pixels
@@ -49,22 +51,20 @@ _BLOCK = 512
 _GROUP = 1 << 17
 
 _F = np.float32
-_Q32 = _F(Q_MAX)
+_Q32 = Q32
 _HALF32 = _F(0.5)
 _MHALF32 = _F(-0.5)
 _TWO32 = _F(2.0)
 _ONE32 = _F(1.0)
 _INF32 = _F(np.inf)
-_EXP_LO = _F(-80.0)
-# numba_kernels' box cut-off and margin (float64)
-_QBOX = Q_MAX * (1.0 + 1e-4)
-_MARGIN = 1e-2
-# Cephes expf, as numba_kernels._exp
-_LOG2E = _F(1.44269504088896341)
-_LN2_HI = _F(0.693359375)
-_LN2_LO = _F(-2.12194440e-4)
-_P = (_F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3), _F(4.1665795894e-2),
-      _F(1.6666665459e-1), _F(5.0000001201e-1))
+_EXP_LO = EXP_LO
+# numba_kernels' box cut-off and margin (float64), its Cephes expf (kernel_floats.py)
+_QBOX = QBOX
+_MARGIN = BOX_MARGIN
+_LOG2E = LOG2E
+_LN2_HI = LN2_HI
+_LN2_LO = LN2_LO
+_P = EXP_P
 
 
 def pixel_boxes(means: np.ndarray, conics: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -100,13 +100,6 @@ def pixel_boxes(means: np.ndarray, conics: np.ndarray, height: int, width: int) 
     return boxes
 
 
-def box_work(boxes: np.ndarray) -> int:
-    """Pixel-Gaussian pairs of the boxes (numba_kernels.box_work)."""
-    w = np.maximum(boxes[:, 1].astype(np.int64) - boxes[:, 0] + 1, 0)
-    h = np.maximum(boxes[:, 3].astype(np.int64) - boxes[:, 2] + 1, 0)
-    return int(np.dot(w, h))
-
-
 def _misses(means, conics, gid, x_lo, x_hi, y_lo, y_hi) -> np.ndarray:
     """[P] bool: Gaussian gid keeps no pixel of columns x_lo..x_hi, rows y_lo..y_hi.
 
@@ -135,7 +128,7 @@ def _misses(means, conics, gid, x_lo, x_hi, y_lo, y_hi) -> np.ndarray:
     ay = np.maximum(np.abs(y0), np.abs(y1))
     size = ca * ax * ax + 2.0 * np.abs(cb) * ax * ay + cc * ay * ay  # bounds |each term| of q
     inside = (x0 <= 0.0) & (x1 >= 0.0) & (y0 <= 0.0) & (y1 >= 0.0)
-    return ~inside & (qmin - (2.0**-20 * size + 1e-9) > f64(_Q32))
+    return ~inside & (qmin - (CULL_REL * size + CULL_ABS) > f64(_Q32))
 
 
 def _cell_lists(boxes: np.ndarray, cells_x: int, cells_y: int, means: np.ndarray, conics: np.ndarray):
