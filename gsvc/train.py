@@ -49,7 +49,7 @@ from .loss import clamped_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .quantize import fake_quantize
-from .render import EPS, get_backend, render
+from .render import EPS, covariance, get_backend, render
 from .render.resample import area_shrink
 
 Progress = Callable[[int, int, float], None]  # (iteration done, total, PSNR of full render)
@@ -130,23 +130,25 @@ class TrainSettings:
         if self.resolution_full_weight < 0:
             raise ValueError(f"resolution_full_weight must be at least 0: {self.resolution_full_weight}")
 
+    def _coarse_ends(self, total: int) -> list[int]:
+        """Iteration (``done``) at which each coarse phase ends."""
+        ends, end = [], 0.0
+        for _, share in self.coarse_phases:
+            end += share
+            ends.append(round(end * total))
+        return ends
+
     def scale_at(self, done: int, total: int) -> float:
         """The coarse-to-fine scale of iteration ``done`` (0-based) of ``total``."""
-        end = 0.0
-        for scale, share in self.coarse_phases:
-            end += share
-            if done < round(end * total):
+        for (scale, _), end in zip(self.coarse_phases, self._coarse_ends(total)):
+            if done < end:
                 return scale
         return 1.0
 
     def phase_ends(self, total: int, qat_start: int) -> list[int]:
         """Iteration (``done``) at which each phase ends: the coarse phases, then full size
         up to ``qat_start``, then the quantization-aware rest up to ``total``."""
-        ends, end = [], 0.0
-        for _, share in self.coarse_phases:
-            end += share
-            ends.append(min(round(end * total), qat_start))
-        return ends + [qat_start, total]
+        return [min(end, qat_start) for end in self._coarse_ends(total)] + [qat_start, total]
 
     def intermediate_scale(self, k: int) -> float:
         """The scale at which the reconstruction of layers 1..k (k < L) is trained."""
@@ -192,13 +194,12 @@ def coarse_render(g: GaussianLayer, h: int, w: int, scale: tuple[float, float], 
     for the decoder's shrink rule (draw at full size, area-resample), used only while
     training; the last phase always trains at full size."""
     sx, sy = scale
-    l1 = torch.exp(g.chol[:, 0])
-    l3 = torch.exp(g.chol[:, 1])
-    l2 = g.chol[:, 2] * l3
-    a, b, c = l1 * l1, l1 * l2, l2 * l2 + l3 * l3  # L L^T
-    s11, s12, s22 = a * (sx * sx) + EPS, b * (sx * sy), c * (sy * sy) + EPS
+    cov = covariance(g.chol, scale)  # [N, 3]: S (L L^T + EPS I) S, the format's covariance
+    s11 = cov[:, 0] + EPS * (1.0 - sx * sx)  # S L L^T S + EPS I
+    s12 = cov[:, 1]
+    s22 = cov[:, 2] + EPS * (1.0 - sy * sy)
     det = s11 * s22 - s12 * s12
-    det_scaled = ((a + EPS) * (c + EPS) - b * b) * (sx * sx * sy * sy)
+    det_scaled = cov[:, 0] * cov[:, 2] - s12 * s12
     conics = torch.stack([s22 / det, -s12 / det, s11 / det], -1)
     gain = torch.sqrt(det_scaled / det)
     means = g.means * g.means.new_tensor([sx, sy])

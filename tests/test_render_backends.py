@@ -186,22 +186,32 @@ def test_shape_asserts():
         numba_cpu.rasterize_sum(m, c[:3], col, 8, 8)
 
 
+def _runs_with_threads(args, thread_counts):
+    """_run of the numba backend once per entry of thread_counts (None: as configured)."""
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for k in thread_counts:
+            numba.set_num_threads(threads if k is None else k)
+            runs.append(_run(numba_cpu.rasterize_sum, *args))
+    finally:
+        numba.set_num_threads(threads)
+    return runs
+
+
+def _assert_bit_identical(runs):
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
 def test_deterministic():
     """Bit-identical outputs and gradients, run to run and for any thread count."""
     height, width = 64, 96
     means, conics, colors = _gaussians(300, height, width, seed=17, mu=1.5)
     grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(2))
     args = (means, conics, colors, height, width, grad_out)
-    runs = [_run(numba_cpu.rasterize_sum, *args) for _ in range(2)]
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        runs.append(_run(numba_cpu.rasterize_sum, *args))
-    finally:
-        numba.set_num_threads(threads)
-    for run in runs[1:]:
-        for a, b in zip(run, runs[0]):
-            assert torch.equal(a, b)
+    _assert_bit_identical(_runs_with_threads(args, (None, None, 1)))
 
 
 def test_deterministic_threads():
@@ -211,17 +221,7 @@ def test_deterministic_threads():
     means, conics, colors = _gaussians(600, height, width, seed=29, mu=0.6, sd=0.4)
     grad_out = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(6))
     args = (means, conics, colors, height, width, grad_out)
-    threads = numba.get_num_threads()
-    runs = []
-    try:
-        for k in (1, min(2, numba.config.NUMBA_NUM_THREADS), 1):
-            numba.set_num_threads(k)
-            runs.append(_run(numba_cpu.rasterize_sum, *args))
-    finally:
-        numba.set_num_threads(threads)
-    for run in runs[1:]:
-        for a, b in zip(run, runs[0]):
-            assert torch.equal(a, b)
+    _assert_bit_identical(_runs_with_threads(args, (1, min(2, numba.config.NUMBA_NUM_THREADS), 1)))
 
 
 def test_backward_binning_reused():
