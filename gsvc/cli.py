@@ -33,6 +33,23 @@ def _fail(message: str, status: int = EXIT_FAILED) -> None:
     sys.exit(status)
 
 
+def run() -> None:
+    """The ``gsvc`` program (console script and ``python -m gsvc``): ``main``, except that
+    an interrupted run leaves at once. Its outputs are cleaned up by then (the interrupt
+    unwound through them); with torch's and numba's thread pools alive, the interpreter's
+    own shutdown after a Ctrl-C sometimes ended the process by SIGINT (status -2) instead
+    of 130."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            os._exit(EXIT_INTERRUPTED)
+        raise
+
+
 def _quiet_broken_pipe() -> None:
     """The reader of stdout went away (``gsvc info x.gsv | head -1``): stop without a word.
     stdout is pointed at /dev/null so that the interpreter's last flush cannot complain."""
