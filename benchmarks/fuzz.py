@@ -44,7 +44,7 @@ import numpy as np
 
 from bitstream import MAGIC, iter_chunks
 from bitstream.container import read_signature
-from bitstream.entropy import MODEL_CATEGORICAL, MODEL_GEOMETRIC
+from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2, MODEL_BINNED, MODEL_CATEGORICAL, MODEL_GEOMETRIC, MODEL_PEAKED
 from bitstream.layout import REF_PREVIOUS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +172,18 @@ def _entropy_fields(payload: bytes, pos: int, lengths: list[int]) -> list[Field]
         elif kind == MODEL_GEOMETRIC:
             fields += [Field("model.theta", "geometric", pos, ">H"), Field("model.centre", "geometric", pos + 2, ">H")]
             pos += 4
+        elif kind == MODEL_PEAKED:
+            fields += [Field("model.mode", "peaked", pos, ">i")]
+            fields += [Field(f"model.{name}", "peaked", pos + 4 + 2 * i, ">H")
+                       for i, name in enumerate(("centre", "left", "left_theta", "right_theta"))]
+            pos += 12
+        elif kind == MODEL_BINNED:
+            (width,) = struct.unpack_from(">I", payload, pos)
+            fields.append(Field("model.width", "binned", pos, ">I"))
+            pos += 4
+            for _ in range(-(-size // width)):
+                fields.append(Field("model.bin", "bin-table", pos, VARINT))
+                _, pos = _varint_at(payload, pos)
     (nwords,) = struct.unpack_from(">I", payload, pos)
     fields.append(Field("nwords", "word-count", pos, ">I"))
     return fields + [Field("word", "words", pos + 4 + 4 * i, ">I") for i in range(nwords)]
@@ -424,7 +436,8 @@ def _splice_payload(pieces: list[Piece], chooser: Chooser) -> bool:
 MUTATIONS: dict[str, Mutation] = {
     kind: _field_mutation(kind)
     for kind in ("header", "header-counts", "steps", "video-header", "frame-header", "layer-prefix",
-                 "model-kind", "model-min", "model-size", "count-table", "geometric", "word-count", "words")
+                 "model-kind", "model-min", "model-size", "count-table", "geometric", "peaked", "binned", "bin-table",
+                 "word-count", "words")
 }
 MUTATIONS.update({
     "consistent-counts": _consistent_counts,
@@ -472,13 +485,15 @@ def mutate(data: bytes, chooser: Chooser) -> tuple[bytes, list[str]]:
 # ---------------------------------------------------------------- seed streams
 def seed_streams() -> dict[str, bytes]:
     """Valid streams the cases start from: the golden ones (uniform and constant models
-    only) and two synthetic 16x12 ones whose streams get categorical tables (image) and
-    geometric models (video P-frames), so that every descriptor field is reached."""
+    only) and synthetic 16x12 ones whose streams get categorical tables (image, coder 1),
+    geometric models (video P-frames, coder 1), and peaked and binned models (coder 2,
+    "-v2"), so that every descriptor field is reached."""
     seeds = {name: path.read_bytes() for name, path in GOLDEN.items()}
-    rng = np.random.default_rng(2024)
-    layers = [_synthetic_layer(rng, 120), _synthetic_layer(rng, 40)]
-    seeds["image-rich"] = _image_stream(layers)
-    seeds["video-rich"] = _video_stream(rng, layers)
+    for coder, suffix in ((CODER_RANGE_V1, "-rich"), (CODER_RANGE_V2, "-v2")):
+        rng = np.random.default_rng(2024)
+        layers = [_synthetic_layer(rng, 120), _synthetic_layer(rng, 40)]
+        seeds["image" + suffix] = _image_stream(layers, coder)
+        seeds["video" + suffix] = _video_stream(rng, layers, coder)
     return seeds
 
 
@@ -489,24 +504,24 @@ def _synthetic_layer(rng: np.random.Generator, n: int) -> np.ndarray:  # [n, 8] 
     return np.stack(centre + peaked, axis=1).astype(np.int64)
 
 
-def _image_stream(layers: list[np.ndarray]) -> bytes:
+def _image_stream(layers: list[np.ndarray], coder: int) -> bytes:
     from bitstream import Header, LayerChunk, write_stream
     from gsvc.layer_codec import encode_intra
 
-    chunks = [LayerChunk(l, len(q), encode_intra(q)[0]) for l, q in enumerate(layers, start=1)]
+    chunks = [LayerChunk(l, len(q), encode_intra(q, coder)[0]) for l, q in enumerate(layers, start=1)]
     out = io.BytesIO()
-    write_stream(out, Header(16, 12, tuple(len(q) for q in layers), _STEPS), chunks)
+    write_stream(out, Header(16, 12, tuple(len(q) for q in layers), _STEPS, coder=coder), chunks)
     return out.getvalue()
 
 
-def _video_stream(rng: np.random.Generator, layers: list[np.ndarray]) -> bytes:
+def _video_stream(rng: np.random.Generator, layers: list[np.ndarray], coder: int) -> bytes:
     """An I-frame of ``layers``, then two P-frames: most Gaussians kept, sparse wide changes, a few new."""
     from bitstream import Header, LayerChunk
     from bitstream.layout import KIND_VIDEO
     from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
     from gsvc.layer_codec import encode_intra, encode_predicted
 
-    coded = [encode_intra(q, geometric=True) for q in layers]
+    coded = [encode_intra(q, coder, geometric=True) for q in layers]
     frames = [(FRAME_I, [LayerChunk(l, len(q), p) for l, (p, q) in enumerate(coded, start=1)])]
     reference = [q for _, q in coded]
     for t in (1, 2):
@@ -514,14 +529,15 @@ def _video_stream(rng: np.random.Generator, layers: list[np.ndarray]) -> bytes:
         for l, ref in enumerate(reference, start=1):
             keep = rng.random(len(ref)) < 0.9
             change = (rng.random((int(keep.sum()), 8)) < 0.2) * np.round(rng.normal(0, 6, (int(keep.sum()), 8)))
-            payload, q = encode_predicted(ref, keep, ref[keep] + change.astype(np.int64), _synthetic_layer(rng, 8))
+            payload, q = encode_predicted(ref, keep, ref[keep] + change.astype(np.int64), _synthetic_layer(rng, 8),
+                                          coder)
             chunks.append(LayerChunk(l, len(q), payload, frame=t, reference=REF_PREVIOUS))
             decoded.append(q)
         frames.append((FRAME_P, chunks))
         reference = decoded
     counts = tuple(max(chunks[l].count for _, chunks in frames) for l in range(len(layers)))
     out = io.BytesIO()
-    writer = VideoWriter(out, Header(16, 12, counts, _STEPS, kind=KIND_VIDEO), VideoHeader(0, 25, 1, 30))
+    writer = VideoWriter(out, Header(16, 12, counts, _STEPS, kind=KIND_VIDEO, coder=coder), VideoHeader(0, 25, 1, 30))
     for frame_type, chunks in frames:
         writer.write_frame(frame_type, chunks)
     writer.finish()
@@ -536,7 +552,7 @@ _STEPS = (0.0625, 0.0625, 0.03125, 0.03125, 0.03125, 0.0078125, 0.0078125, 0.007
 @dataclass
 class Case:
     index: int
-    base: str  # a seed_streams() name: "image", "video", "image-rich", "video-rich"
+    base: str  # a seed_streams() name: "image", "video", "image-rich", "video-rich", "image-v2", "video-v2"
     data: bytes
     mutations: list[str]
     layers: int | None  # decode request

@@ -3,11 +3,14 @@
     python -m benchmarks.rd ../shared/data/kodak --out results/
     python -m benchmarks.rd DIR --out /tmp/rd --images kodim01,kodim05 --iterations 300 --max-side 256
     python -m benchmarks.rd DIR --out /tmp/rd --methods joint,jpeg2000
+    python -m benchmarks.rd ../shared/data/kodak --out results/ --bpp 0.25,0.5,1.0 --methods joint,jpeg2000,jpeg,webp
 
 Methods (``--methods``, default all), per image:
 
-* ``joint``: gsvc as shipped (P-GSVC joint training; 3 layers, ``default_counts``).
-  Its cumulative bytes after layer 1, 2, .., L are the byte budgets of the baselines.
+* ``joint``: gsvc as shipped (P-GSVC joint training; 3 layers, ``default_counts``),
+  or, with ``--bpp``, rate-controlled to those cumulative bits per pixel after each
+  layer (``gsvc encode --bpp``). Its cumulative bytes after layer 1, 2, .., L are the
+  byte budgets of the baselines.
 * ``sequential``: gsvc with LIG-style layer-wise training, same counts and iterations.
 * ``monolithic``: gsvc with one layer of sum(counts) Gaussians, same iterations: the
   non-scalable reference point that measures the overhead of scalability.
@@ -26,7 +29,11 @@ Methods (``--methods``, default all), per image:
 * ``jpeg``: a separate baseline JPEG file (Pillow / libjpeg, optimized Huffman
   tables, 4:2:0) per budget, at the quality (1..100, binary search) whose size is
   closest to the budget; the actual bytes are reported. Not scalable: L files.
+* ``webp``: the same with lossy WebP (Pillow / libwebp, method 6).
 
+With several methods, the summary gives each gsvc method's BD-rate (Bjøntegaard,
+piecewise cubic: ``benchmarks.bjontegaard``) against each baseline: per image over its
+layer points, then the mean over images.
 gsvc methods are measured by ``gsvc.evaluate.evaluate_stream`` (real stream bytes,
 RGB 8-bit PSNR, MS-SSIM). Outputs in --out, named after the data folder (e.g.
 ``rd_kodak``): ``.csv`` (one row per image x method x layer), ``.png`` (mean bpp vs
@@ -49,6 +56,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from benchmarks.bjontegaard import bd_rate
 from gsvc.codec import PRESETS, EncodeSettings, default_counts, encode_image
 from gsvc.evaluate import evaluate_stream, ms_ssim, ms_ssim_weights
 from gsvc.files import atomic_output
@@ -56,8 +64,8 @@ from gsvc.media import read_image
 from gsvc.metrics import psnr
 from gsvc.presets import train_settings
 
-METHODS = ("joint", "sequential", "monolithic", "jpeg2000", "jpeg")
-BUDGET_METHODS = ("jpeg2000", "jpeg")
+METHODS = ("joint", "sequential", "monolithic", "jpeg2000", "jpeg", "webp")
+BUDGET_METHODS = ("jpeg2000", "jpeg", "webp")
 IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".jpg", ".jpeg", ".webp"}
 CSV_FIELDS = ["image", "method", "layers", "bytes", "bpp", "psnr", "ms_ssim",
               "target_bytes", "bytes_source", "setting"]
@@ -90,8 +98,9 @@ def find_images(data: Path, stems: str | None) -> list[Path]:
 # ---------------------------------------------------------------- gsvc
 
 
-def run_gsvc(rgb, counts, preset, iterations, mode, seed, device) -> tuple[dict, float]:
-    settings = EncodeSettings(gaussians=tuple(counts), device=device,
+def run_gsvc(rgb, counts, preset, iterations, mode, seed, device, targets=None) -> tuple[dict, float]:
+    """Encode and evaluate; ``targets`` (cumulative bytes) replace ``counts`` when given."""
+    settings = EncodeSettings(gaussians=None if targets else tuple(counts), targets=targets, device=device,
                               train=train_settings(preset, iterations, mode=mode, seed=seed))
     start = time.perf_counter()
     result = encode_image(rgb, settings)
@@ -274,14 +283,24 @@ def jpeg_encode(rgb: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def run_jpeg(rgb: np.ndarray, budgets: list[int]) -> list[dict]:
+def webp_encode(rgb: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "WEBP", quality=quality, method=6)
+    return buf.getvalue()
+
+
+def run_jpeg(rgb: np.ndarray, budgets: list[int], encode=jpeg_encode) -> list[dict]:
+    """One file per budget (``encode``: jpeg_encode or webp_encode) at the quality whose
+    size is closest to it."""
     from PIL import Image
 
     cache: dict[int, bytes] = {}
 
     def size(q: int) -> int:
         if q not in cache:
-            cache[q] = jpeg_encode(rgb, q)
+            cache[q] = encode(rgb, q)
         return len(cache[q])
 
     rows = []
@@ -322,6 +341,24 @@ def mean_points(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def bd_rates(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """(gsvc method, baseline) -> BD-rate per image (images whose curves overlap)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    images = sorted({r["image"] for r in rows})
+    for test in ("joint", "sequential"):
+        for anchor in BUDGET_METHODS:
+            for image in images:
+                a = [r for r in rows if r["image"] == image and r["method"] == anchor]
+                t = [r for r in rows if r["image"] == image and r["method"] == test]
+                if len(a) < 2 or len(t) < 2:
+                    continue
+                value = bd_rate([r["bytes"] for r in a], [r["psnr"] for r in a],
+                                [r["bytes"] for r in t], [r["psnr"] for r in t])
+                if value is not None:
+                    out.setdefault((test, anchor), []).append(value)
+    return out
+
+
 def markdown(points, rows, args, images, shapes, iterations, j2k_info, seconds) -> str:
     num_layers = max((p["layers"] for m in points.values() for p in m), default=0)
     sizes = sorted({f"{w}x{h}" for h, w in shapes})
@@ -332,7 +369,7 @@ def markdown(points, rows, args, images, shapes, iterations, j2k_info, seconds) 
         f"seed {args.seed}, device {args.device}. Made by:",
         "",
         "```",
-        "python benchmarks/rd.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "python -m benchmarks.rd " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "```",
         "",
         "Mean over images per layer count k: cumulative bpp, PSNR (dB, RGB 8-bit), MS-SSIM. "
@@ -375,6 +412,16 @@ def markdown(points, rows, args, images, shapes, iterations, j2k_info, seconds) 
         for a, b in zip(joint, seq):
             lines.append(f"| {a['layers']} | {a['bpp']:.4f} | {b['bpp']:.4f} | {a['psnr'] - b['psnr']:+.2f} |")
         lines.append("")
+    bd = bd_rates(rows)
+    if bd:
+        lines += ["## BD-rate (Bjøntegaard, piecewise cubic) of gsvc against each baseline", "",
+                  "Per image over its layer points, then the mean (and range) over the images where the "
+                  "PSNR ranges overlap. Negative: gsvc needs fewer bits for the same PSNR.", "",
+                  "| gsvc method | baseline | mean BD-rate | min | max | images |", "|---|---|---|---|---|---|"]
+        for (test, anchor), values in bd.items():
+            lines.append(f"| {test} | {anchor} | {np.mean(values):+.1f} % | {min(values):+.1f} % | "
+                         f"{max(values):+.1f} % | {len(values)} |")
+        lines.append("")
     lines += ["## Notes", ""]
     if "jpeg2000" in points:
         verified = [i["verified"] for i in j2k_info.values()]
@@ -396,6 +443,8 @@ def markdown(points, rows, args, images, shapes, iterations, j2k_info, seconds) 
         lines.append("* jpeg: a separate file per budget (not scalable), the quality (1..100) whose size is "
                      "closest to the budget; optimized Huffman tables, 4:2:0. Small budgets may be "
                      "unreachable even at quality 1 (see the CSV's target_bytes).")
+    if "webp" in points:
+        lines.append("* webp: as jpeg, with lossy WebP (libwebp via Pillow, method 6, 4:2:0).")
     scales = sorted({len(ms_ssim_weights(h, w)) for h, w in shapes})
     lines.append(f"* MS-SSIM scales used: {', '.join(map(str, scales))} (5 is standard; fewer means a picture "
                  "with a short side of 160 pixels or less, not comparable with 5-scale values).")
@@ -445,7 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, help="downscale so the long side is at most this (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bpp", help="gsvc (joint) rate-controlled to these cumulative bits per pixel, e.g. 0.25,0.5,1.0")
     args = ap.parse_args(argv)
+    bpp = None
+    if args.bpp:
+        try:
+            bpp = tuple(float(v) for v in args.bpp.split(","))
+        except ValueError:
+            ap.error("--bpp takes comma-separated numbers")
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -491,13 +547,20 @@ def main(argv: list[str] | None = None) -> int:
             if method in ("joint", "sequential", "monolithic"):
                 mode = "sequential" if method == "sequential" else "joint"
                 c = (sum(counts),) if method == "monolithic" else counts
-                result, _ = run_gsvc(rgb, c, args.preset, iterations, mode, args.seed, args.device)
-                per_method[method] = [{**r, "target_bytes": "", "bytes_source": "stream",
-                                       "setting": f"gaussians={','.join(map(str, c))}"} for r in result["layers"]]
+                targets = None
+                if bpp and method == "joint":
+                    targets = tuple(int(b * pixels / 8) for b in bpp)
+                result, secs = run_gsvc(rgb, c, args.preset, iterations, mode, args.seed, args.device, targets)
+                setting = ("bpp=" + ",".join(map(str, bpp))) if targets else f"gaussians={','.join(map(str, c))}"
+                per_method[method] = [{**r, "target_bytes": targets[i] if targets else "", "bytes_source": "stream",
+                                       "setting": f"{setting} counts={r['gaussians']} seconds={secs:.1f}"}
+                                      for i, r in enumerate(result["layers"])]
                 if method == "joint":
                     budgets = [r["bytes"] for r in result["layers"]]
             elif method == "jpeg2000":
                 per_method[method], j2k_info[path.stem] = run_jpeg2000(rgb, budgets)
+            elif method == "webp":
+                per_method[method] = run_jpeg(rgb, budgets, webp_encode)
             else:
                 per_method[method] = run_jpeg(rgb, budgets)
             for r in per_method[method]:

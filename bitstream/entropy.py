@@ -13,6 +13,15 @@ defaults of the installed library: ``constriction.stream.queue.RangeEncoder`` wi
   (pi, theta: 16-bit fractions): no table to send, and it fits residuals that are
   mostly exactly zero with a wide spread around the others.
 
+Coder 2 (CODER_RANGE_V2) sends no count tables. Its models have a few parameters each:
+
+* peaked: a mass at a stored mode and two geometric tails with their own decay and a
+  stored share of the rest on each side (unimodal streams: sizes, colours, residuals);
+* binned: the alphabet cut into at most 4096 equal bins, one count per bin, uniform
+  inside a bin (any shape, at a few bytes per bin); with one value per bin it is a
+  categorical for small alphabets;
+* uniform and constant, as in coder 1.
+
 Streams are coded one after another into a single word sequence. Alphabet sizes are
 limited per model to what constriction itself accepts (bitstream.limits), for the
 reader and the encoder alike; the reader checks every descriptor field before it
@@ -28,8 +37,10 @@ from dataclasses import dataclass
 from .container import StreamError, check_range
 from .limits import (
     MAX_CATEGORICAL_ALPHABET,
+    MAX_BINS,
     MAX_GEOMETRIC_ALPHABET,
     MAX_SYMBOL_COUNT,
+    MAX_TABLE_FREE_ALPHABET,
     MAX_UNIFORM_ALPHABET,
 )
 
@@ -48,13 +59,18 @@ class _LazyNumpy:
 np = _LazyNumpy()
 
 CODER_RANGE_V1 = 1
+#: coder 2: table-free models (peaked, binned); FORMAT.md section 4.2
+CODER_RANGE_V2 = 2
+CODERS = (CODER_RANGE_V1, CODER_RANGE_V2)
 
 MODEL_CATEGORICAL = 0
 MODEL_UNIFORM = 1
 MODEL_CONSTANT = 2
 MODEL_GEOMETRIC = 3
+MODEL_PEAKED = 4
+MODEL_BINNED = 5
 MODEL_NAMES = {MODEL_CATEGORICAL: "categorical", MODEL_UNIFORM: "uniform", MODEL_CONSTANT: "constant",
-               MODEL_GEOMETRIC: "geometric"}
+               MODEL_GEOMETRIC: "geometric", MODEL_PEAKED: "peaked", MODEL_BINNED: "binned"}
 MODELS = tuple(MODEL_NAMES)
 #: alphabet sizes S each model takes (bitstream.limits: constriction's own limits)
 ALPHABET_RANGES = {
@@ -62,6 +78,13 @@ ALPHABET_RANGES = {
     MODEL_UNIFORM: (2, MAX_UNIFORM_ALPHABET),
     MODEL_CONSTANT: (1, 1),
     MODEL_GEOMETRIC: (2, MAX_GEOMETRIC_ALPHABET),
+    MODEL_PEAKED: (2, MAX_TABLE_FREE_ALPHABET),
+    MODEL_BINNED: (2, MAX_TABLE_FREE_ALPHABET),
+}
+#: the models each coder's encoder may choose (a reader accepts any model in any coder)
+CODER_MODELS = {
+    CODER_RANGE_V1: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_CATEGORICAL, MODEL_GEOMETRIC),
+    CODER_RANGE_V2: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED),
 }
 #: coded symbols (value - min_symbol) and the values themselves are int32
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -146,27 +169,94 @@ def geometric_probabilities(min_symbol: int, size: int, theta_code: int, centre_
     return probs
 
 
+def _tail(theta_code: int, n: int) -> np.ndarray:
+    """theta^1 .. theta^n (float64) by repeated multiplication, theta = code / 2^16."""
+    t = theta_code / GEOMETRIC_ONE
+    return np.multiply.accumulate(np.full(n, t))
+
+
+def peaked_probabilities(min_symbol: int, size: int, mode: int, centre_code: int, left_code: int,
+                         left_theta: int, right_theta: int) -> np.ndarray:
+    """The peaked model's probabilities over [min_symbol, min_symbol + size), float64.
+
+    p(mode) = pi = centre_code / 2^16. The nl values below the mode share (1 - pi) * lam
+    and the nr values above it (1 - pi) * (1 - lam), lam = left_code / 2^16 when both
+    sides exist (1 with only a left side, 0 with only a right side), each side in
+    proportion to theta_side^distance (FORMAT.md, section 4.2).
+    """
+    pi = centre_code / GEOMETRIC_ONE
+    nl = mode - min_symbol
+    nr = min_symbol + size - 1 - mode
+    lam = left_code / GEOMETRIC_ONE if nl and nr else (1.0 if nl else 0.0)
+    probs = np.empty(size, dtype=np.float64)
+    probs[nl] = pi
+    if nl:
+        tail = _tail(left_theta, nl)
+        probs[:nl] = (tail * ((1.0 - pi) * lam / tail.sum()))[::-1]
+    if nr:
+        tail = _tail(right_theta, nr)
+        probs[nl + 1 :] = tail * ((1.0 - pi) * (1.0 - lam) / tail.sum())
+    return probs
+
+
+def binned_probabilities(size: int, width: int, counts: np.ndarray) -> np.ndarray:
+    """The binned model's probabilities: bin i holds values [i*width, (i+1)*width) of the
+    alphabet (the last bin what is left) and mass counts[i] / sum(counts), uniform inside."""
+    nbins = counts.size
+    widths = np.full(nbins, float(width))
+    widths[-1] = float(size - width * (nbins - 1))
+    per_value = counts.astype(np.float64) / float(counts.sum()) / widths
+    return np.repeat(per_value, width)[:size]
+
+
 @dataclass(frozen=True)
 class _Model:
     kind: int
     min_symbol: int
     size: int
-    counts: np.ndarray | None  # [size] for categorical
+    counts: np.ndarray | None  # [size] for categorical, [bins] for binned
     theta_code: int = 0  # geometric only
-    centre_code: int = 0  # geometric only
+    centre_code: int = 0  # geometric, peaked
+    mode: int = 0  # peaked only
+    left_code: int = 0  # peaked only
+    left_theta: int = 0  # peaked only
+    right_theta: int = 0  # peaked only
+    width: int = 0  # binned only
+
+    def probabilities(self) -> np.ndarray:
+        """Probabilities of the alphabet, float64 (categorical, geometric, peaked, binned)."""
+        if self.kind == MODEL_CATEGORICAL:
+            probs = self.counts.astype(np.float64)
+            return probs / probs.sum()
+        if self.kind == MODEL_GEOMETRIC:
+            return geometric_probabilities(self.min_symbol, self.size, self.theta_code, self.centre_code)
+        if self.kind == MODEL_PEAKED:
+            return peaked_probabilities(self.min_symbol, self.size, self.mode, self.centre_code,
+                                        self.left_code, self.left_theta, self.right_theta)
+        assert self.kind == MODEL_BINNED, self.kind
+        return binned_probabilities(self.size, self.width, self.counts)
 
     def constriction(self):
         import constriction  # local: keeps `import bitstream` light
 
         model = constriction.stream.model
+        if self.kind == MODEL_UNIFORM:
+            return model.Uniform(self.size)
+        return model.Categorical(self.probabilities(), perfect=False)
 
+    def descriptor(self) -> bytes:
+        """The model descriptor (FORMAT.md, section 4)."""
+        out = struct.pack(">BiI", self.kind, self.min_symbol, self.size)
         if self.kind == MODEL_CATEGORICAL:
-            probs = self.counts.astype(np.float64)
-            return model.Categorical(probs / probs.sum(), perfect=False)
-        if self.kind == MODEL_GEOMETRIC:
-            probs = geometric_probabilities(self.min_symbol, self.size, self.theta_code, self.centre_code)
-            return model.Categorical(probs, perfect=False)
-        return model.Uniform(self.size)
+            out += _write_uvarints(self.counts)
+        elif self.kind == MODEL_GEOMETRIC:
+            out += struct.pack(">HH", self.theta_code, self.centre_code)
+        elif self.kind == MODEL_PEAKED:
+            out += struct.pack(">iHHHH", self.mode, self.centre_code, self.left_code, self.left_theta,
+                               self.right_theta)
+        elif self.kind == MODEL_BINNED:
+            out += struct.pack(">I", self.width) + _write_uvarints(self.counts)
+        return out
 
     def decode(self, decoder, n: int) -> np.ndarray:
         """``n`` values (int64) from a constriction RangeDecoder."""
@@ -222,13 +312,89 @@ def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
     return _Model(MODEL_UNIFORM, lo, size, None)
 
 
-def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
+def _code16(fraction: float) -> int:
+    """A probability as a 16-bit code in [1, 65535]."""
+    return int(min(max(round(GEOMETRIC_ONE * fraction), 1), GEOMETRIC_ONE - 1))
+
+
+def _best_tail(hist: np.ndarray) -> int:
+    """The theta code whose geometric tail over distances 1..len(hist)-1 codes ``hist``
+    (occurrences of each distance; hist[0] unused) in the fewest bits."""
+    n = hist.size - 1
+    d = np.nonzero(hist[1:])[0] + 1
+    if d.size == 0:
+        return GEOMETRIC_ONE // 2
+    codes = _theta_codes()
+    t = codes / GEOMETRIC_ONE  # [C]
+    log_z = np.log2(t * -np.expm1(n * np.log(t)) / (1.0 - t))  # log2 sum_{j=1..n} t^j
+    bits = hist[d].sum() * log_z - np.log2(t) * float((hist[d] * d).sum())
+    return int(codes[int(np.argmin(bits))])
+
+
+def _model_bits(model: _Model, values: np.ndarray, counts: np.ndarray) -> float:
+    """Bits of ``counts`` occurrences of ``values`` (offsets from min_symbol) under ``model``
+    plus its descriptor."""
+    with np.errstate(divide="ignore"):
+        code = -float((counts * np.log2(model.probabilities()[values])).sum())
+    return code + 8.0 * len(model.descriptor())
+
+
+def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Model]:
+    """Peaked and binned models fitted to ``symbols`` (alphabet [lo, lo + size))."""
+    counts = np.bincount(symbols - lo, minlength=size)
+    n = symbols.size
+    mode_at = int(np.argmax(counts))
+    below, above = int(counts[:mode_at].sum()), int(counts[mode_at + 1 :].sum())
+    left = _code16(below / (below + above)) if below and above else GEOMETRIC_ONE // 2
+    models = [_Model(MODEL_PEAKED, lo, size, None, centre_code=_code16(counts[mode_at] / n), mode=lo + mode_at,
+                     left_code=left, left_theta=_best_tail(np.concatenate([[0], counts[:mode_at][::-1]])),
+                     right_theta=_best_tail(np.concatenate([[0], counts[mode_at + 1 :]])))]
+    for nbins in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+        width = -(-size // nbins)
+        if nbins > size:
+            width = 1
+        nb = -(-size // width)
+        if nb > MAX_BINS:
+            continue
+        bins = np.add.reduceat(counts, np.arange(0, size, width))
+        models.append(_Model(MODEL_BINNED, lo, size, bins, width=width))
+        if width == 1:
+            break
+    return models
+
+
+def _choose_model_v2(symbols: np.ndarray) -> _Model:
+    """Coder 2: the cheapest of uniform, peaked and binned (constant for one value)."""
+    lo, hi = int(symbols.min()), int(symbols.max())
+    size = hi - lo + 1
+    if lo < INT32_MIN or hi > INT32_MAX:
+        raise ValueError(f"values in [{lo}, {hi}] leave the 32-bit range")
+    if size > MAX_UNIFORM_ALPHABET:
+        raise ValueError(f"alphabet of {size} symbols is too large to code (limit {MAX_UNIFORM_ALPHABET})")
+    if size == 1:
+        return _Model(MODEL_CONSTANT, lo, 1, None)
+    best = _Model(MODEL_UNIFORM, lo, size, None)
+    if size > MAX_TABLE_FREE_ALPHABET or symbols.size > MAX_SYMBOL_COUNT:
+        return best
+    best_bits = symbols.size * np.log2(size) + 8.0 * len(best.descriptor())
+    values, counts = np.unique(symbols - lo, return_counts=True)
+    for model in _table_free_candidates(symbols, lo, size):
+        bits = _model_bits(model, values, counts)
+        if bits < best_bits:
+            best, best_bits = model, bits
+    return best
+
+
+def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: int = CODER_RANGE_V1) -> bytes:
     """Code integer arrays into one payload: model descriptors, then coded words.
 
     Lengths are not stored: the reader passes them to ``decode_streams``.
-    ``geometric`` lets the encoder pick the geometric model (video streams only:
-    image streams of format version 1 never use it, so their bytes stay as they were).
+    ``coder`` picks the models the encoder may choose (CODER_MODELS). With coder 1,
+    ``geometric`` lets it pick the geometric model (video streams only: coder-1 image
+    streams never use it, so their bytes stay as they were).
     """
+    if coder not in CODERS:
+        raise ValueError(f"unknown coder {coder}")
     import constriction
 
     RangeEncoder = constriction.stream.queue.RangeEncoder
@@ -239,12 +405,8 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False) -> bytes:
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
         if symbols.size == 0:  # nothing to code, no descriptor (the reader knows the length)
             continue
-        m = _choose_model(symbols, geometric)
-        head.write(struct.pack(">BiI", m.kind, m.min_symbol, m.size))
-        if m.kind == MODEL_CATEGORICAL:
-            head.write(_write_uvarints(m.counts))
-        elif m.kind == MODEL_GEOMETRIC:
-            head.write(struct.pack(">HH", m.theta_code, m.centre_code))
+        m = _choose_model_v2(symbols) if coder == CODER_RANGE_V2 else _choose_model(symbols, geometric)
+        head.write(m.descriptor())
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
     words = encoder.get_compressed().astype(">u4")
@@ -296,6 +458,22 @@ def _read_model(payload: bytes, pos: int) -> tuple[_Model, int]:
         check_range("theta code of a geometric model", theta_code, 1, GEOMETRIC_ONE - 1)
         check_range("centre code of a geometric model", centre_code, 1, GEOMETRIC_ONE - 1)
         return _Model(kind, lo, size, None, theta_code, centre_code), pos
+    if kind == MODEL_PEAKED:
+        (mode, centre, left, left_theta, right_theta), pos = _unpack(">iHHHH", payload, pos, "a model descriptor")
+        check_range("mode of a peaked model", mode, lo, lo + size - 1)
+        for what, code in (("centre", centre), ("left share", left), ("left theta", left_theta),
+                           ("right theta", right_theta)):
+            check_range(f"{what} code of a peaked model", code, 1, GEOMETRIC_ONE - 1)
+        return _Model(kind, lo, size, None, centre_code=centre, mode=mode, left_code=left,
+                      left_theta=left_theta, right_theta=right_theta), pos
+    if kind == MODEL_BINNED:
+        (width,), pos = _unpack(">I", payload, pos, "a model descriptor")
+        check_range("bin width of a binned model", width, -(-size // MAX_BINS), size)
+        bins, pos = _read_uvarints(payload, pos, -(-size // width))
+        check_range("largest bin count of a binned model", int(bins.max()), 0, MAX_SYMBOL_COUNT)
+        if not bins.any():
+            raise StreamError("corrupt stream: empty bin table")
+        return _Model(kind, lo, size, bins, width=width), pos
     return _Model(kind, lo, size, None), pos
 
 

@@ -16,7 +16,7 @@ from .container import (
     write_chunk,
     write_signature,
 )
-from .entropy import CODER_RANGE_V1
+from .entropy import CODER_RANGE_V1, CODERS
 from .limits import MAX_FRAMES, MAX_GAUSSIANS, MAX_LAYERS, MAX_PIXELS, MAX_SIDE, MAX_STEP, MIN_STEP
 
 KIND_IMAGE = 0
@@ -48,7 +48,7 @@ class Header:
         """Raise StreamError unless every field is within the format's limits."""
         if self.kind not in KINDS:
             raise StreamError(f"unsupported stream kind {self.kind}")
-        if self.coder != CODER_RANGE_V1:
+        if self.coder not in CODERS:
             raise StreamError(f"unsupported entropy coder {self.coder}")
         check_range("header width", self.width, 1, MAX_SIDE)
         check_range("header height", self.height, 1, MAX_SIDE)

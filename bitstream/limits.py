@@ -36,3 +36,8 @@ MAX_UNIFORM_ALPHABET = 1 << 24
 MAX_GEOMETRIC_ALPHABET = 1 << 12
 #: Largest entry of a categorical count table (an unsigned LEB128 varint of <= 5 bytes).
 MAX_SYMBOL_COUNT = (1 << 32) - 1
+#: Coder 2's peaked and binned models build a table of S probabilities from a descriptor
+#: of a few bytes: S is bounded so a short chunk cannot demand a large allocation.
+MAX_TABLE_FREE_ALPHABET = 1 << 16
+#: Most bins of a binned model.
+MAX_BINS = 1 << 12

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -222,6 +223,23 @@ def _frame_files_present(pattern: Path, count: int) -> list[Path]:
     return sorted(present)
 
 
+def _parse_targets(ctx, param, text: str | None) -> tuple[float, ...] | None:
+    """--bpp / --bytes: cumulative sizes after each layer, increasing."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, one per layer, e.g. 0.25,0.5,1.0") from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise click.BadParameter("every target must be a positive number")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise click.BadParameter("targets are cumulative: each layer's must exceed the one before")
+    if len(values) > 255:
+        raise click.BadParameter(f"{len(values)} layers: a stream holds at most 255")
+    return values
+
+
 def _parse_counts(ctx, param, text: str | None) -> tuple[int, ...] | None:
     from bitstream.limits import MAX_GAUSSIANS
 
@@ -274,6 +292,8 @@ class _EncodeOptions:
     a new flag is a ``click.option`` line on ``encode`` and a field here."""
 
     gaussians: tuple[int, ...] | None = None
+    bpp: tuple[float, ...] | None = None
+    nbytes: tuple[float, ...] | None = None
     layers: int | None = None
     iterations: int | None = None
     preset: str = "medium"
@@ -294,6 +314,13 @@ class _EncodeOptions:
         """Usage errors (exit 2) and a missing Ray (exit 1), before any heavy import."""
         if self.gaussians is not None and self.layers is not None and len(self.gaussians) != self.layers:
             raise click.UsageError(f"--layers {self.layers} disagrees with --gaussians ({len(self.gaussians)} layers)")
+        given = [flag for flag, v in (("--gaussians", self.gaussians), ("--bpp", self.bpp), ("--bytes", self.nbytes))
+                 if v is not None]
+        if len(given) > 1:
+            raise click.UsageError(f"{' and '.join(given)} exclude each other (size targets choose the counts)")
+        targets = self.bpp or self.nbytes
+        if targets is not None and self.layers is not None and len(targets) != self.layers:
+            raise click.UsageError(f"--layers {self.layers} disagrees with {given[0]} ({len(targets)} layers)")
         if self.ray is not None and self.jobs != 1:
             raise click.UsageError("--jobs and --ray exclude each other (Ray decides how many tasks run)")
         if self.ray is not None:
@@ -310,8 +337,17 @@ class _EncodeOptions:
         from .presets import train_settings
         from .train import RESOLUTION_LAYERS
 
+        from .rate_control import byte_targets
+
+        if self.bpp is not None or self.nbytes is not None:
+            targets = byte_targets(w, h, bpp=self.bpp, nbytes=self.nbytes)
+            gaussians = None
+        else:
+            targets = None
+            gaussians = self.gaussians or default_counts(w, h, self.layers or 3)
         return EncodeSettings(
-            gaussians=self.gaussians or default_counts(w, h, self.layers or 3),
+            gaussians=gaussians,
+            targets=targets,
             train=train_settings(self.preset, self.iterations, mode=self.training, seed=self.seed,
                                  resolution_scales=RESOLUTION_LAYERS if self.resolution_layers else None),
             device=self.device,
@@ -329,6 +365,11 @@ class _EncodeOptions:
               help="Output .gsv (default: INPUT with .gsv; - writes to stdout); several inputs or a "
                    "directory: a directory (created if missing), one NAME.gsv per picture.")
 @click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated (default scales 5000,2000,2000 at 768x512).")
+@click.option("--bpp", callback=_parse_targets, metavar="B1,B2,...",
+              help="Pictures: size targets in bits per pixel after each layer, cumulative (e.g. 0.25,0.5,1.0); "
+                   "the encoder picks the Gaussian counts, and each layer's size lands within 5% below its target.")
+@click.option("--bytes", "nbytes", callback=_parse_targets, metavar="N1,N2,...",
+              help="As --bpp, in bytes of the stream after each layer (header included).")
 @click.option("--layers", type=click.IntRange(1, 255), help="Number of layers when --gaussians is not given (default 3).")
 @click.option("--iterations", type=click.IntRange(1), help="Training iterations in total (overrides --preset; video: per I-frame).")
 @click.option("--preset", type=click.Choice(["fast", "medium", "slow"]), default="medium", show_default=True)
@@ -410,7 +451,11 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
     if opts.quiet:
         result = encode_image(rgb, settings)
     else:
-        click.echo(f"{input}: {w}x{h}, {len(counts)} layers of {','.join(map(str, counts))} Gaussians", err=True)
+        if counts is None:
+            sizes = ",".join(str(t) for t in settings.targets)
+            click.echo(f"{input}: {w}x{h}, {len(settings.targets)} layers, cumulative targets {sizes} bytes", err=True)
+        else:
+            click.echo(f"{input}: {w}x{h}, {len(counts)} layers of {','.join(map(str, counts))} Gaussians", err=True)
         with click.progressbar(length=total, label="fitting", file=sys.stderr,
                                item_show_func=lambda p: p, show_pos=True) as bar:
             def progress(done: int, _total: int, value: float) -> None:
@@ -509,6 +554,8 @@ def _encode_video(video, output, opts: _EncodeOptions, table_to_stderr) -> None:
     from .media import fit_size, read_video
     from .video_encoder import CodingStructure, encode_video
 
+    if opts.bpp is not None or opts.nbytes is not None:
+        raise GsvcError(f"{video.path}: --bpp and --bytes apply to pictures; for a video use --gaussians or --preset")
     if video.has_audio:
         _note(f"{video.path}: has audio; gsvc codes the pictures only")
     w, h = fit_size(opts.size, video.width, video.height)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 #: picture of 9000 Gaussians is ~3e7, a 12 MP photo drawn at 2x a few 1e9.
 MAX_RENDER_WORK = 1 << 33
 
-CODER_NAME = "constriction-range-v1"
+CODER_NAMES = {1: "constriction-range-v1", 2: "constriction-range-v2"}
 Source = bytes | str | os.PathLike | BinaryIO
 
 
@@ -135,7 +135,8 @@ def stream_to_model(stream: Stream) -> "LayeredImage":
     from .quantize import dequantize
 
     steps = stream.header.steps
-    layers = [dequantize(decode_intra(chunk.data, chunk.count), steps) for chunk in stream.layers]
+    coder = stream.header.coder
+    layers = [dequantize(decode_intra(chunk.data, chunk.count, coder), steps) for chunk in stream.layers]
     return LayeredImage(stream.header.width, stream.header.height, layers)
 
 
@@ -274,7 +275,8 @@ def decode_image(
     out = output_size(hdr.width, hdr.height, scale, size)  # refused before any entropy decoding
     from .layer_codec import decode_intra
 
-    params = [dequantize_array(decode_intra(chunk.data, chunk.count), hdr.steps) for chunk in stream.layers]
+    params = [dequantize_array(decode_intra(chunk.data, chunk.count, hdr.coder), hdr.steps)
+              for chunk in stream.layers]
     return render_params(params, out, device, backend)
 
 
@@ -364,13 +366,14 @@ class VideoReader:
         from .layer_codec import decode_intra, decode_predicted
 
         reference: list[np.ndarray] | None = None
+        coder = self.stream.header.coder
         for frame in self.chunks():
             try:
                 if frame.header.type == FRAME_I:
-                    q = [decode_intra(c.data, c.count) for c in frame.layers]
+                    q = [decode_intra(c.data, c.count, coder) for c in frame.layers]
                 else:
                     assert reference is not None  # the stream reader rejects a P first frame
-                    q = [decode_predicted(c.data, ref, c.count) for c, ref in zip(frame.layers, reference)]
+                    q = [decode_predicted(c.data, ref, c.count, coder) for c, ref in zip(frame.layers, reference)]
             except StreamError as e:
                 raise _named(self._source, StreamError(f"frame {frame.header.frame}: {e}")) from None
             reference = q
@@ -441,7 +444,7 @@ def _info(hdr, header_bytes: int, counts: list[int], layer_bytes: list[int], pix
         "header_bytes": header_bytes,
         "total_bytes": total,
         "bpp": 8.0 * total / pixels,
-        "coder": CODER_NAME,
+        "coder": CODER_NAMES.get(hdr.coder, str(hdr.coder)),
         "quantizer_steps": dict(zip(PARAMS, hdr.steps)),
     }
 

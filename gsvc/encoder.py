@@ -6,7 +6,7 @@ bytes written. Video encoding (``video_encoder``) builds on the same pieces.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from bitstream.layout import write_stream
 
 from .device import resolve_device
 from .errors import GsvcError
-from .layer_codec import encode_intra
+from .layer_codec import DEFAULT_CODER, encode_intra
 from .model import LayeredImage
-from .quantize import QuantSettings, dequantize, quantize_ints
+from .quantize import QuantSettings, dequantize, fake_quantize, quantize_ints
+from .rate_control import RateSettings, header_bytes, initial_counts, layer_budgets, prune_to_budgets
 from .render import default_backend
 from .presets import DEFAULT_PRESET, PRESETS, train_settings  # noqa: F401 (re-exported)
-from .train import Progress, TrainSettings, fit
+from .train import Progress, TrainSettings, fit, refine
 
 #: Gaussians per layer for a 768x512 image (the P-GSVC Kodak setting); scaled by area.
 REFERENCE_COUNTS = (5000, 2000, 2000)
@@ -57,6 +58,14 @@ class EncodeSettings:
     device: str = "auto"
     #: render backend; None picks the fastest for the device
     backend: str | None = None
+    #: entropy coder id written into the header (FORMAT.md section 4); 1 only to make
+    #: streams for readers that predate coder 2
+    coder: int = DEFAULT_CODER
+    #: cumulative stream bytes after each layer (header included), or None; when given,
+    #: the encoder chooses the Gaussian counts to meet them (rate_control) and
+    #: ``gaussians`` must be None
+    targets: tuple[int, ...] | None = None
+    rate: RateSettings = field(default_factory=RateSettings)
 
     def counts_for(self, width: int, height: int) -> tuple[int, ...]:
         counts = tuple(self.gaussians) if self.gaussians else default_counts(width, height)
@@ -85,6 +94,8 @@ def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:  # [H, W, 
 
 def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
     """Fit layered Gaussians to ``rgb`` ([H, W, 3] uint8): the unquantized model."""
+    if settings.targets is not None:
+        return fit_to_targets(rgb, settings, progress)
     h, w = rgb.shape[:2]
     counts = settings.counts_for(w, h)
     device, backend = settings.device_and_backend()
@@ -92,29 +103,60 @@ def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | No
     return fit(to_tensor(rgb, device), counts, settings.train, settings.quant.steps(), backend, progress)
 
 
+def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
+    """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
+    bytes): over-provision, fit, prune to the budgets, fine-tune, trim (rate_control)."""
+    if settings.gaussians is not None:
+        raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
+    h, w = rgb.shape[:2]
+    steps, coder, rate = settings.quant.steps(), settings.coder, settings.rate
+    budgets = layer_budgets(settings.targets, header_bytes(w, h, len(settings.targets), steps, coder))
+    counts = initial_counts(budgets, rate)
+    device, backend = settings.device_and_backend()
+    target = to_tensor(rgb, device)
+    total = settings.train.iterations
+    tune = max(1, round(total * rate.finetune_share))
+    torch.manual_seed(settings.train.seed)
+    model = fit(target, counts, replace(settings.train, iterations=max(1, total - tune)), steps, backend, progress)
+    done = total - tune
+    model = prune_to_budgets(model, target, tuple(int(b * rate.prune_margin) for b in budgets), steps, coder,
+                             backend)
+    # quantization-aware fine-tune of the pruned layers at the end-of-fit learning rate
+    tuned = refine(
+        target, model.layers, replace(settings.train, qat_share=1.0, coarse_phases=()), tune,
+        lr_scale=settings.train.lr_final_ratio, lr_final_ratio=0.5,
+        quantizer=lambda _l, layer: fake_quantize(layer, steps), backend=backend,
+        progress=(lambda it, _n, value: progress(done + it, total, value)) if progress is not None else None,
+    )
+    model = LayeredImage(w, h, tuned)
+    return prune_to_budgets(model, target, budgets, steps, coder, backend)
+
+
 def encode_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> EncodeResult:
     """Fit, quantize and entropy-code ``rgb`` ([H, W, 3] uint8) into a .gsv stream."""
     model = fit_image(rgb, settings, progress)
-    data, sizes = encode_model(model, settings.quant.steps())
+    data, sizes = encode_model(model, settings.quant.steps(), settings.coder)
     return EncodeResult(data, model, sizes)
 
 
 def code_intra_layers(
-    model: LayeredImage, steps: tuple[float, ...], geometric: bool = False
+    model: LayeredImage, steps: tuple[float, ...], coder: int = DEFAULT_CODER, geometric: bool = False
 ) -> tuple[list[LayerChunk], list[np.ndarray]]:
     """Each layer as an intra chunk, and the decoder's integers of each ([N_l, 8])."""
     chunks, decoded = [], []
     for index, layer in enumerate(model.layers, start=1):
-        payload, q = encode_intra(quantize_ints(layer, steps), geometric=geometric)
+        payload, q = encode_intra(quantize_ints(layer, steps), coder=coder, geometric=geometric)
         chunks.append(LayerChunk(layer=index, count=len(layer), data=payload))
         decoded.append(q)
     return chunks, decoded
 
 
-def encode_model(model: LayeredImage, steps: tuple[float, ...]) -> tuple[bytes, list[int]]:
+def encode_model(
+    model: LayeredImage, steps: tuple[float, ...], coder: int = DEFAULT_CODER
+) -> tuple[bytes, list[int]]:
     """Quantize and entropy-code a model; returns the stream and [header, layer...] bytes."""
-    header = Header(width=model.width, height=model.height, counts=model.counts, steps=steps)
-    chunks, _ = code_intra_layers(model, steps)
+    header = Header(width=model.width, height=model.height, counts=model.counts, steps=steps, coder=coder)
+    chunks, _ = code_intra_layers(model, steps, coder)
     out = io.BytesIO()
     sizes = write_stream(out, header, chunks)
     return out.getvalue(), sizes

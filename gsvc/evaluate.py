@@ -181,6 +181,7 @@ def evaluate_stream(
         rows.append(
             {
                 "layers": k,
+                "gaussians": row["gaussians"],
                 "bytes": nbytes,
                 "bpp": 8.0 * nbytes / pixels,
                 "psnr": psnr(decoded, reference),

@@ -121,7 +121,7 @@ class TrainSettings:
         self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)
         if not all(0.0 < s < 1.0 and f >= 0.0 for s, f in self.coarse_phases):
             raise ValueError(f"coarse phases need scales in (0, 1) and shares >= 0: {self.coarse_phases}")
-        if sum(f for _, f in self.coarse_phases) >= 1.0 - self.qat_share:
+        if self.coarse_phases and sum(f for _, f in self.coarse_phases) >= 1.0 - self.qat_share:
             raise ValueError("coarse phases must leave the quantization-aware iterations at full size")
         if self.resolution_scales is not None:
             self.resolution_scales = tuple(float(s) for s in self.resolution_scales)

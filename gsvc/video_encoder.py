@@ -221,7 +221,7 @@ class _Encoder:
                 keep[int(layer.colors.abs().amax(dim=1).argmax())] = True  # a layer holds >= 1
             pruned.append(layer.select(keep))
         model.layers = pruned
-        return code_intra_layers(model, self.steps, geometric=True)
+        return code_intra_layers(model, self.steps, self.settings.coder, geometric=True)
 
     def predicted(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
         s = self.structure
@@ -270,10 +270,11 @@ class _Encoder:
             k = int(keep.sum())
             head, tail = layer.select(slice(None, k)), layer.select(slice(k, None))
             kept_q = quantize_residual(head, q_ref[keep], self.steps, s.deadzone)
-            payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps))
+            coder = self.settings.coder
+            payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps), coder)
             # where motion is wild, coding every Gaussian afresh (keep none) can be cheaper
             fresh = encode_predicted(q_ref, np.zeros(len(q_ref), bool), np.zeros((0, 8), np.int64),
-                                     quantize_ints(layer, self.steps))
+                                     quantize_ints(layer, self.steps), coder)
             if len(fresh[0]) < len(payload):
                 payload, q = fresh
             chunks.append(LayerChunk(layer=l, count=q.shape[0], data=payload, reference=REF_PREVIOUS))
@@ -428,7 +429,7 @@ def encode_video(
     counts = settings.counts_for(width, height)
     steps = settings.quant.steps()
     fps = Fraction(fps).limit_denominator(1 << 20)
-    header = Header(width=width, height=height, counts=counts, steps=steps, kind=KIND_VIDEO)
+    header = Header(width=width, height=height, counts=counts, steps=steps, kind=KIND_VIDEO, coder=settings.coder)
     writer = VideoWriter(out, header, VideoHeader(0, fps.numerator, fps.denominator, structure.gop))
     summary = VideoSummary()
     frames = _checked(frames, width, height)

@@ -1,7 +1,9 @@
 """The golden stream's content, shared by its test and the script that (re)makes it.
 
 Run `python tests/golden.py` only on a deliberate format change; it rewrites
-tests/data/tiny.gsv and tests/data/tiny.png.
+tests/data/tiny*.gsv and tiny*.png. Each stream exists once per entropy coder: coder 1
+(tiny.gsv, tiny_video.gsv, pinned since the first release) and coder 2 (tiny_v2.gsv,
+tiny_video_v2.gsv).
 """
 from pathlib import Path
 
@@ -11,7 +13,10 @@ from gsvc.model import GaussianLayer, LayeredImage
 from gsvc.quantize import QuantSettings
 
 DATA = Path(__file__).resolve().parent / "data"
-STEPS = QuantSettings().steps()
+#: the steps the golden streams were made with (QuantSettings' defaults of the first release)
+STEPS = QuantSettings(position_step=1 / 16, shear_step=1 / 32).steps()
+#: coder id -> (image stream, video stream) file names
+FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gsv")}
 
 
 def tiny_model() -> LayeredImage:
@@ -31,7 +36,7 @@ def tiny_model() -> LayeredImage:
     return LayeredImage(16, 12, [base, detail])
 
 
-def tiny_video() -> bytes:
+def tiny_video(coder: int = 1) -> bytes:
     """3 frames of 16x12 pixels, 2 layers: an I-frame (the tiny model), a P-frame that
     moves, recolours, drops and adds Gaussians, and a P-frame with no change at all."""
     import io
@@ -46,9 +51,9 @@ def tiny_video() -> bytes:
 
     model = tiny_model()
     out = io.BytesIO()
-    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO)
+    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=coder)
     writer = VideoWriter(out, header, VideoHeader(0, 30000, 1001, 30))
-    chunks, reference = code_intra_layers(model, STEPS, geometric=True)
+    chunks, reference = code_intra_layers(model, STEPS, coder, geometric=True)
     writer.write_frame(FRAME_I, chunks)
     moves = [
         # (keep mask, change of the kept ones, new Gaussians)
@@ -65,7 +70,7 @@ def tiny_video() -> bytes:
                 keep, change, new = moves[0]
             else:
                 keep, change, new = np.ones(len(ref), bool), np.zeros((len(ref), 8), int), np.zeros((0, 8), int)
-            payload, q = encode_predicted(ref, keep, ref[keep] + change, new)
+            payload, q = encode_predicted(ref, keep, ref[keep] + change, new, coder)
             chunks.append(LayerChunk(l, q.shape[0], payload, frame=t, reference=REF_PREVIOUS))
             decoded.append(q)
         writer.write_frame(FRAME_P, chunks)
@@ -81,11 +86,13 @@ if __name__ == "__main__":
     from gsvc.media import write_image
 
     DATA.mkdir(exist_ok=True)
-    data, _ = encode_model(tiny_model(), STEPS)
-    (DATA / "tiny.gsv").write_bytes(data)
-    write_image(DATA / "tiny.png", decode_image(data, backend="torch"))
-    print(f"wrote {DATA / 'tiny.gsv'} ({len(data)} bytes) and tiny.png")
-    video = tiny_video()
-    (DATA / "tiny_video.gsv").write_bytes(video)
-    write_image(DATA / "tiny_video.png", np.concatenate(decode_video(video, backend="torch"), axis=0))
-    print(f"wrote {DATA / 'tiny_video.gsv'} ({len(video)} bytes) and tiny_video.png (frames stacked)")
+    for coder, (image_name, video_name) in FILES.items():
+        data, _ = encode_model(tiny_model(), STEPS, coder)
+        (DATA / image_name).write_bytes(data)
+        write_image(DATA / image_name.replace(".gsv", ".png"), decode_image(data, backend="torch"))
+        print(f"wrote {DATA / image_name} ({len(data)} bytes) and its .png")
+        video = tiny_video(coder)
+        (DATA / video_name).write_bytes(video)
+        frames = np.concatenate(decode_video(video, backend="torch"), axis=0)
+        write_image(DATA / video_name.replace(".gsv", ".png"), frames)
+        print(f"wrote {DATA / video_name} ({len(video)} bytes) and its .png (frames stacked)")

@@ -73,3 +73,60 @@ def test_categorical_streams_round_trip_with_their_table():
     assert _choose_model(symbols).kind == MODEL_CATEGORICAL
     payload = encode_streams([symbols])
     np.testing.assert_array_equal(decode_streams(payload, [symbols.size])[0], symbols)
+
+
+# ---------------------------------------------------------------- coder 2 (no tables)
+from bitstream.entropy import (  # noqa: E402
+    CODER_RANGE_V2,
+    MODEL_BINNED,
+    MODEL_PEAKED,
+    _choose_model_v2,
+    binned_probabilities,
+    peaked_probabilities,
+)
+
+
+def test_coder2_round_trip_mixed_streams():
+    rng = np.random.default_rng(3)
+    streams = [
+        rng.integers(-3, 4, size=500),
+        rng.integers(0, 12000, size=500),
+        np.full(500, 7),
+        np.round(rng.laplace(5, 3, size=500)).astype(np.int64),
+        np.concatenate([rng.normal(-40, 3, 300), rng.normal(40, 3, 300)]).round().astype(np.int64),  # bimodal
+        rng.integers(0, 2, size=50),
+        np.array([], dtype=np.int64),
+    ]
+    payload = encode_streams(streams, coder=CODER_RANGE_V2)
+    back = decode_streams(payload, [len(s) for s in streams])
+    for a, b in zip(streams, back):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_coder2_model_choice():
+    rng = np.random.default_rng(4)
+    assert _choose_model_v2(np.full(10, 3)).kind == MODEL_CONSTANT
+    assert _choose_model_v2(rng.integers(0, 100000, size=200)).kind == MODEL_UNIFORM
+    assert _choose_model_v2(np.round(rng.laplace(2, 4, size=3000)).astype(np.int64)).kind == MODEL_PEAKED
+    bimodal = np.concatenate([rng.normal(-60, 4, 2000), rng.normal(60, 4, 2000)]).round().astype(np.int64)
+    assert _choose_model_v2(bimodal).kind == MODEL_BINNED
+
+
+def test_coder2_sends_no_tables_and_codes_near_the_entropy():
+    rng = np.random.default_rng(5)
+    symbols = np.round(rng.laplace(0, 6, size=2000)).astype(np.int64)
+    values, counts = np.unique(symbols, return_counts=True)
+    entropy_bytes = -(counts * np.log2(counts / symbols.size)).sum() / 8
+    v1, v2 = len(encode_streams([symbols])), len(encode_streams([symbols], coder=CODER_RANGE_V2))
+    assert v2 < v1  # coder 1 pays for its count table
+    assert v2 < entropy_bytes * 1.03 + 24
+
+
+@pytest.mark.parametrize("mode,left", [(-5, 9000), (0, 30000), (7, 100)])
+def test_peaked_and_binned_probabilities_sum_to_one(mode, left):
+    p = peaked_probabilities(-5, 13, mode, 20000, left, 40000, 50000)
+    assert p.shape == (13,) and np.all(p >= 0) and p.sum() == pytest.approx(1.0)
+    assert p[mode + 5] == pytest.approx(20000 / 65536)
+    b = binned_probabilities(13, 4, np.array([3, 0, 5, 2]))  # bins of 4, 4, 4, 1 values
+    assert b.shape == (13,) and b.sum() == pytest.approx(1.0)
+    assert b[12] == pytest.approx(2 / 10) and b[0] == pytest.approx(3 / 10 / 4)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TOP_KEYS = {"kind", "width", "height", "layers_encoded", "total_bytes", "ms_ssim_scales", "ms_ssim_weights",
             "decode_repeats", "layers"}
-ROW_KEYS = {"layers", "bytes", "bpp", "psnr", "ms_ssim", "decode_ms"}
+ROW_KEYS = {"layers", "gaussians", "bytes", "bpp", "psnr", "ms_ssim", "decode_ms"}
 
 
 def run(*args):
@@ -228,7 +228,7 @@ def test_rd_smoke(tmp_path, example_rgb):
     data.mkdir()
     write_image(data / "kodim03_crop.png", np.ascontiguousarray(example_rgb[96:144, 160:224]))  # 64x48
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rd.py"), str(data), "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "benchmarks.rd", str(data), "--out", str(out),
                         "--iterations", "30"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     with open(out / "rd_tiny.csv", newline="") as f:

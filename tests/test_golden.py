@@ -8,21 +8,31 @@ import pytest
 from gsvc.codec import decode_image, encode_model, stream_info
 from gsvc.media import read_image
 
-from golden import DATA, STEPS, tiny_model
+from golden import DATA, FILES, STEPS, tiny_model
+
+
+@pytest.fixture(scope="module", params=sorted(FILES))
+def coder(request) -> int:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def golden() -> bytes:
-    return (DATA / "tiny.gsv").read_bytes()
+def golden(coder) -> bytes:
+    return (DATA / FILES[coder][0]).read_bytes()
 
 
-def test_encoder_reproduces_the_golden_bytes(golden):
-    data, sizes = encode_model(tiny_model(), STEPS)
+def test_encoder_reproduces_the_golden_bytes(golden, coder):
+    data, sizes = encode_model(tiny_model(), STEPS, coder)
     assert data == golden
     assert sum(sizes) == len(golden)
 
 
-def test_golden_header_by_hand(golden):
+def test_default_coder_is_the_newest():
+    data, _ = encode_model(tiny_model(), STEPS)
+    assert data == (DATA / FILES[max(FILES)][0]).read_bytes()
+
+
+def test_golden_header_by_hand(golden, coder):
     assert golden[:10] == b"\x89GSV\r\n\x1a\n\x00\x01"
     length = struct.unpack(">I", golden[10:14])[0]
     assert golden[14:18] == b"GHDR"
@@ -31,16 +41,16 @@ def test_golden_header_by_hand(golden):
     kind, w, h, nlayers = struct.unpack_from(">BIIB", payload)
     assert (kind, w, h, nlayers) == (0, 16, 12, 2)
     assert struct.unpack_from(">2I", payload, 10) == (6, 3)
-    coder, nsteps = struct.unpack_from(">BB", payload, 18)
-    assert (coder, nsteps) == (1, 8)
+    _, nsteps = struct.unpack_from(">BB", payload, 18)
+    assert (struct.unpack_from(">B", payload, 18)[0], nsteps) == (coder, 8)
     assert struct.unpack_from(">8f", payload, 20) == pytest.approx(STEPS)
     info = stream_info(golden)
     assert [l["gaussians"] for l in info["layers"]] == [6, 3]
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
-def test_golden_pixels(golden, backend):
-    expected = read_image(DATA / "tiny.png")
+def test_golden_pixels(golden, coder, backend):
+    expected = read_image(DATA / FILES[coder][0].replace(".gsv", ".png"))
     got = decode_image(golden, backend=backend)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     if backend == "torch":

@@ -34,7 +34,9 @@ from bitstream.container import read_chunk
 from bitstream.entropy import (
     MODEL_CATEGORICAL,
     MODEL_CONSTANT,
+    MODEL_BINNED,
     MODEL_GEOMETRIC,
+    MODEL_PEAKED,
     MODEL_UNIFORM,
     _choose_model,
     _entropy_decode,
@@ -53,6 +55,7 @@ from bitstream.limits import (
     MAX_GEOMETRIC_ALPHABET,
     MAX_SIDE,
     MAX_SYMBOL_COUNT,
+    MAX_TABLE_FREE_ALPHABET,
     MAX_UNIFORM_ALPHABET,
 )
 from bitstream.video import VideoHeader
@@ -137,7 +140,7 @@ def test_quantizer_steps_must_be_finite_positive_and_in_range(step):
 
 
 @pytest.mark.parametrize("field,value", [("GHDR_nsteps", 7), ("GHDR_layers", 3), ("GHDR_layers", 0),
-                                         ("GHDR_coder", 2), ("GHDR_kind", 2)])
+                                         ("GHDR_coder", 3), ("GHDR_coder", 0), ("GHDR_kind", 2)])
 def test_header_structure_fields(field, value):
     refused(decode_image, edit(GOLDEN_IMAGE, **{field: value}))
 
@@ -178,7 +181,9 @@ def test_a_chunk_that_lies_about_its_length_costs_only_the_bytes_present(tmp_pat
 @pytest.mark.parametrize("kind,size", [
     (MODEL_CONSTANT, 2), (MODEL_CONSTANT, 0), (MODEL_UNIFORM, 1), (MODEL_UNIFORM, MAX_UNIFORM_ALPHABET + 1),
     (MODEL_CATEGORICAL, 1), (MODEL_CATEGORICAL, MAX_CATEGORICAL_ALPHABET + 1), (MODEL_CATEGORICAL, 1 << 24),
-    (MODEL_GEOMETRIC, 1), (MODEL_GEOMETRIC, MAX_GEOMETRIC_ALPHABET + 1), (4, 2), (255, 2)])
+    (MODEL_GEOMETRIC, 1), (MODEL_GEOMETRIC, MAX_GEOMETRIC_ALPHABET + 1), (MODEL_PEAKED, 1),
+    (MODEL_PEAKED, MAX_TABLE_FREE_ALPHABET + 1), (MODEL_BINNED, 1), (MODEL_BINNED, MAX_TABLE_FREE_ALPHABET + 1),
+    (6, 2), (255, 2)])
 def test_alphabet_sizes_per_model_kind(kind, size):
     # refused from the descriptor alone: nothing after it is read
     refused(decode_streams, descriptor(kind, 0, size) + words(0), [5])
@@ -192,6 +197,26 @@ def test_symbols_must_stay_in_the_32_bit_range():
 def test_geometric_codes(theta, centre):
     payload = descriptor(MODEL_GEOMETRIC, -2, 5) + struct.pack(">HH", theta, centre) + words(0)
     refused(decode_streams, payload, [5], match="code of a geometric model")
+
+
+@pytest.mark.parametrize("mode,codes,match", [
+    (-3, (100, 100, 100, 100), "mode of a peaked model"), (3, (100, 100, 100, 100), "mode of a peaked model"),
+    (0, (0, 100, 100, 100), "centre code"), (0, (100, 0, 100, 100), "left share code"),
+    (0, (100, 100, 0, 100), "left theta code"), (0, (100, 100, 100, 0), "right theta code")])
+def test_peaked_fields(mode, codes, match):
+    payload = descriptor(MODEL_PEAKED, -2, 5) + struct.pack(">iHHHH", mode, *codes) + words(0)
+    refused(decode_streams, payload, [5], match=match)
+
+
+@pytest.mark.parametrize("size,width,tail,match", [
+    (5, 0, b"", "bin width"), (5, 6, b"", "bin width"),
+    (MAX_TABLE_FREE_ALPHABET, 1, b"", "bin width"),  # more than MAX_BINS bins
+    (5, 2, b"\x00\x00\x00" + words(0), "empty bin table"),
+    (5, 2, b"\x01\x01", "longer than the 2 bytes left"),  # 3 bins, 2 counts
+])
+def test_binned_fields(size, width, tail, match):
+    payload = descriptor(MODEL_BINNED, 0, size) + struct.pack(">I", width) + tail
+    refused(decode_streams, payload, [5], match=match)
 
 
 def test_count_table_longer_than_its_chunk_fails_before_reading():
@@ -366,16 +391,16 @@ def fuzz_one(base: str, data) -> None:
     assert outcome in (DECODED, CLEAN), (case.mutations, case.layers, case.scale, detail)
 
 
-# 2 x 650 image and 2 x 350 video cases (a video case decodes up to 3 frames)
-@pytest.mark.parametrize("base", ["image", "image-rich"])
-@settings(max_examples=650, **FUZZ)
+# 3 x 450 image and 3 x 250 video cases (a video case decodes up to 3 frames)
+@pytest.mark.parametrize("base", ["image", "image-rich", "image-v2"])
+@settings(max_examples=450, **FUZZ)
 @given(data=st.data())
 def test_structure_aware_fuzz_images(base, data):
     fuzz_one(base, data)
 
 
-@pytest.mark.parametrize("base", ["video", "video-rich"])
-@settings(max_examples=350, **FUZZ)
+@pytest.mark.parametrize("base", ["video", "video-rich", "video-v2"])
+@settings(max_examples=250, **FUZZ)
 @given(data=st.data())
 def test_structure_aware_fuzz_videos(base, data):
     fuzz_one(base, data)

@@ -187,7 +187,7 @@ def test_kodak_stream_float_pictures_bit_for_bit(kodak_stream):
 
     stream = read(kodak_stream)
     hdr = stream.header
-    p = np.concatenate([dequantize_array(decode_intra(c.data, c.count), hdr.steps) for c in stream.layers])
+    p = np.concatenate([dequantize_array(decode_intra(c.data, c.count, hdr.coder), hdr.steps) for c in stream.layers])
     means, conics, colors = p[:, 0:2], conics_from_chol(p[:, 2:5], 1.0), p[:, 5:8]
     a, b = both(means, conics, colors, hdr.height, hdr.width)
     assert same_bits(a, b)

@@ -23,7 +23,7 @@ from gsvc.train import TrainSettings
 from gsvc.video_encoder import CodingStructure, encode_video
 
 from conftest import synthetic_clip
-from golden import DATA, tiny_video
+from golden import DATA, FILES, tiny_video
 
 SETTINGS = EncodeSettings(gaussians=(40, 20, 20), train=TrainSettings(iterations=240, seed=0), device="cpu")
 #: P-frames train 30% of the I-frame iterations here: the tiny clip moves fast
@@ -184,14 +184,16 @@ def test_corruption_and_truncation_are_caught(encoded):
 
 # --- golden -----------------------------------------------------------------------
 
-def test_golden_video_bytes_and_pixels():
-    golden = (DATA / "tiny_video.gsv").read_bytes()
-    assert tiny_video() == golden
+@pytest.mark.parametrize("coder", sorted(FILES))
+def test_golden_video_bytes_and_pixels(coder):
+    name = FILES[coder][1]
+    golden = (DATA / name).read_bytes()
+    assert tiny_video(coder) == golden
     assert golden[10:22] == struct.pack(">I", 52) + b"GHDR" + b"\x01\x00\x00\x00"  # kind 1, width 16
     info = stream_info(golden)
     assert [f["type"] for f in info["frame_list"]] == ["I", "P", "P"]
     assert info["fps"] == pytest.approx(30000 / 1001)
-    expected = read_image(DATA / "tiny_video.png")
+    expected = read_image(DATA / name.replace(".gsv", ".png"))
     got = np.concatenate(decode_video(golden, backend="torch"), axis=0)
     np.testing.assert_array_equal(got, expected)
     with open_video(golden) as reader:
@@ -341,9 +343,10 @@ def test_useless_gaussians_are_dropped_and_replaced(clip):
     enc.gop_psnr = 10.0
     enc.since_i = 1
     out = io.BytesIO()
-    writer = VideoWriter(out, Header(64, 48, (4,), enc.steps, kind=KIND_VIDEO), VideoHeader(0, 12, 1, 30))
+    coder = settings.coder
+    writer = VideoWriter(out, Header(64, 48, (4,), enc.steps, kind=KIND_VIDEO, coder=coder), VideoHeader(0, 12, 1, 30))
     from gsvc.layer_codec import encode_intra
-    payload, q0 = encode_intra(enc.reference[0], geometric=True)
+    payload, q0 = encode_intra(enc.reference[0], coder, geometric=True)
     writer.write_frame(0, [LayerChunk(1, 4, payload)])
     ftype, chunks, report = enc.frame(1, clip[1])
     assert report.type == "P"

@@ -1,0 +1,77 @@
+"""Size targets per layer (--bpp / --bytes): each cumulative size lands within 5 %
+below its target, from bytes the encoder really wrote."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gsvc.cli import main
+from gsvc.codec import EncodeSettings, encode_image, stream_info
+from gsvc.errors import GsvcError
+from gsvc.media import write_image
+from gsvc.presets import train_settings
+from gsvc.rate_control import byte_targets, layer_budgets
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def picture(example_rgb) -> np.ndarray:
+    return np.ascontiguousarray(example_rgb[64:160, 128:256])  # 128x96
+
+
+def test_byte_targets_from_bpp_and_bytes():
+    assert byte_targets(128, 96, bpp=(0.5, 1.0)) == (768, 1536)
+    assert byte_targets(128, 96, nbytes=(700.0, 1500.0)) == (700, 1500)
+
+
+def test_a_target_smaller_than_the_header_is_refused():
+    with pytest.raises(GsvcError, match="header"):
+        layer_budgets((60, 2000), head=78)
+    with pytest.raises(GsvcError, match="layer 2"):
+        layer_budgets((1000, 1010), head=78)
+
+
+@pytest.mark.parametrize("targets", [(900, 1800, 3600), (2500, 4000)])
+def test_each_layer_lands_within_five_per_cent_below_its_target(picture, targets):
+    settings = EncodeSettings(gaussians=None, targets=targets, device="cpu", train=train_settings("fast", 120))
+    result = encode_image(picture, settings)
+    info = stream_info(result.data)
+    sizes = [row["cumulative_bytes"] for row in info["layers"]]
+    assert len(sizes) == len(targets)
+    for size, target in zip(sizes, targets):
+        assert 0.95 * target <= size <= target, (sizes, targets)
+    assert len(result.data) == sizes[-1]
+
+
+def test_targets_and_counts_exclude_each_other(picture):
+    settings = EncodeSettings(gaussians=(10, 10), targets=(900, 1800), device="cpu", train=train_settings("fast", 10))
+    with pytest.raises(GsvcError, match="not both"):
+        encode_image(picture, settings)
+
+
+def test_cli_bpp(tmp_path, picture):
+    write_image(tmp_path / "in.png", picture)
+    code, out, err = run("encode", tmp_path / "in.png", "-o", tmp_path / "out.gsv", "--bpp", "0.6,1.2",
+                         "--iterations", "80", "-q")
+    assert code == 0, err
+    info = stream_info((tmp_path / "out.gsv").read_bytes())
+    for row, bpp in zip(info["layers"], (0.6, 1.2)):
+        assert 0.95 * bpp <= row["cumulative_bpp"] <= bpp
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bpp", "0.5,0.4"], "cumulative"),
+    (["--bpp", "0.5,x"], "comma-separated"),
+    (["--bpp", "0.5,-1"], "positive"),
+    (["--bpp", "0.5,1", "--gaussians", "10,10"], "exclude each other"),
+    (["--bytes", "900,2000", "--bpp", "0.5,1"], "exclude each other"),
+    (["--bpp", "0.5,1", "--layers", "3"], "disagrees"),
+])
+def test_cli_bad_targets(tmp_path, picture, args, needle):
+    write_image(tmp_path / "in.png", picture)
+    code, _, err = run("encode", tmp_path / "in.png", "-o", tmp_path / "out.gsv", *args)
+    assert code == 2 and needle in err, err
+    assert not (tmp_path / "out.gsv").exists()
