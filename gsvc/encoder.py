@@ -6,7 +6,7 @@ bytes written. Video encoding (``video_encoder``) builds on the same pieces.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,11 +18,11 @@ from .device import resolve_device
 from .errors import GsvcError
 from .layer_codec import DEFAULT_CODER, encode_intra
 from .model import LayeredImage
-from .quantize import QuantSettings, dequantize, fake_quantize, quantize_ints
-from .rate_control import RateSettings, header_bytes, initial_counts, layer_budgets, prune_to_budgets
+from .quantize import QuantSettings, dequantize, quantize_ints
+from .rate_control import RateSettings, header_bytes, initial_counts, keep_within, layer_budgets, trim_to_budgets
 from .render import default_backend
 from .presets import DEFAULT_PRESET, PRESETS, train_settings  # noqa: F401 (re-exported)
-from .train import Progress, TrainSettings, fit, refine
+from .train import Progress, TrainSettings, _stage_iterations, fit
 
 #: Gaussians per layer for a 768x512 image (the P-GSVC Kodak setting); scaled by area.
 REFERENCE_COUNTS = (5000, 2000, 2000)
@@ -105,7 +105,7 @@ def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | No
 
 def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
     """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
-    bytes): over-provision, fit, prune to the budgets, fine-tune, trim (rate_control)."""
+    bytes): over-provision, resize early to the budgets, trim at the end (rate_control)."""
     if settings.gaussians is not None:
         raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
     h, w = rgb.shape[:2]
@@ -113,23 +113,17 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     budgets = layer_budgets(settings.targets, header_bytes(w, h, len(settings.targets), steps, coder))
     counts = initial_counts(budgets, rate)
     device, backend = settings.device_and_backend()
-    target = to_tensor(rgb, device)
-    total = settings.train.iterations
-    tune = max(1, round(total * rate.finetune_share))
-    torch.manual_seed(settings.train.seed)
-    model = fit(target, counts, replace(settings.train, iterations=max(1, total - tune)), steps, backend, progress)
-    done = total - tune
-    model = prune_to_budgets(model, target, tuple(int(b * rate.prune_margin) for b in budgets), steps, coder,
-                             backend)
-    # quantization-aware fine-tune of the pruned layers at the end-of-fit learning rate
-    tuned = refine(
-        target, model.layers, replace(settings.train, qat_share=1.0, coarse_phases=()), tune,
-        lr_scale=settings.train.lr_final_ratio, lr_final_ratio=0.5,
-        quantizer=lambda _l, layer: fake_quantize(layer, steps), backend=backend,
-        progress=(lambda it, _n, value: progress(done + it, total, value)) if progress is not None else None,
-    )
-    model = LayeredImage(w, h, tuned)
-    return prune_to_budgets(model, target, budgets, steps, coder, backend)
+    train = settings.train
+    all_layers_from = sum(_stage_iterations(train, len(counts))[:-1])
+    resize_at = tuple(max(round(train.iterations * share), all_layers_from + 1) for share in rate.resize_shares)
+    cut = tuple(int(b * rate.resize_margin) for b in budgets)
+
+    def resize(layers):
+        return [keep_within(l, b, steps, coder) for l, b in zip(layers, cut)]
+
+    torch.manual_seed(train.seed)
+    model = fit(to_tensor(rgb, device), counts, train, steps, backend, progress, resize=resize, resize_at=resize_at)
+    return trim_to_budgets(model, budgets, steps, coder)
 
 
 def encode_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> EncodeResult:

@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -176,6 +177,34 @@ def _param_groups(layer: GaussianLayer, s: TrainSettings) -> list[dict]:
         {"params": [layer.chol], "lr": s.lr_chol, "base_lr": s.lr_chol},
         {"params": [layer.colors], "lr": s.lr_colors, "base_lr": s.lr_colors},
     ]
+
+
+#: ``fit``'s resize hook: given the (unquantized) layers, a [N_l] bool keep mask per layer
+Resize = Callable[[list[GaussianLayer]], list[np.ndarray]]
+
+
+def _resized(layers: list[GaussianLayer], keeps: list[np.ndarray], optimizer: torch.optim.Adam,
+             settings: TrainSettings) -> tuple[list[GaussianLayer], torch.optim.Adam]:
+    """``layers`` cut to the kept Gaussians, and an optimizer that carries on with each
+    kept Gaussian's Adam moments and step (learning rates as they were)."""
+    new_layers, groups, states = [], [], []
+    old_groups = optimizer.param_groups
+    for layer, keep in zip(layers, keeps):
+        mask = torch.as_tensor(np.asarray(keep, dtype=bool), device=layer.means.device)
+        new = GaussianLayer(*(t.detach()[mask].clone().requires_grad_(True) for t in layer.tensors()))
+        for old, fresh in zip(layer.tensors(), new.tensors()):
+            state = optimizer.state.get(old, {})
+            states.append((fresh, {k: (v[mask].clone() if torch.is_tensor(v) and v.dim() > 0 else
+                                       v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}))
+        new_layers.append(new)
+        groups += _param_groups(new, settings)
+    for group, old in zip(groups, old_groups):  # _param_groups' order, layer by layer
+        group["lr"], group["base_lr"] = old["lr"], old["base_lr"]
+    optimizer = torch.optim.Adam(groups, eps=1e-15, fused=True)
+    for param, state in states:
+        if state:
+            optimizer.state[param] = state
+    return new_layers, optimizer
 
 
 def _render_sum(layers: list[GaussianLayer], h: int, w: int, backend: str,
@@ -376,8 +405,12 @@ def fit(
     steps: tuple[float, ...],
     backend: str = "torch",
     progress: Progress | None = None,
+    resize: Resize | None = None,
+    resize_at: tuple[int, ...] = (),
 ) -> LayeredImage:
-    """Fit len(counts) layers of Gaussians to ``target``."""
+    """Fit len(counts) layers of Gaussians to ``target``. ``resize``, called at each
+    iteration of ``resize_at`` at which all layers exist (joint mode), may cut each
+    layer to a subset (rate targets: rate_control); training carries on with the rest."""
     assert target.dim() == 3 and target.shape[2] == 3, target.shape
     assert len(counts) >= 1 and min(counts) >= 1, counts
     h, w = target.shape[:2]
@@ -438,6 +471,8 @@ def fit(
             optimizer.step()
             it += 1
             done += 1
+            if resize is not None and done in resize_at and len(layers) == num_layers and not sequential:
+                layers, optimizer = _resized(layers, resize(layers), optimizer, settings)
             psnr = psnr_from_mse(full_mse.item()) if (progress is not None or plateau is not None) else 0.0
             if plateau is not None:
                 skip = plateau.skip(done, psnr)
