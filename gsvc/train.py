@@ -117,6 +117,14 @@ class TrainSettings:
     plateau_window: int = 0
     plateau_tol_db: float = 0.01
     plateau_psnr_db: float = 50.0
+    #: anti-needle: Gaussians whose covariance is more elongated than ``max_aspect``
+    #: (ratio of the axes) pay ``aspect_weight`` * mean(log(s / s_max)^2) over the
+    #: excess, s = aspect + 1 / aspect (= exp(a - b) + (r^2 + 1) exp(b - a)). Long thin
+    #: Gaussians draw straight streaks through texture. At 6 and 1e-3 the share of
+    #: Gaussians longer than 8:1 in layers 2-3 falls from ~55 % to 0-35 % for ~0.1 dB
+    #: and ~1 % fewer bytes (docs/results.md, "Needles"); 0: no penalty.
+    max_aspect: float = 6.0
+    aspect_weight: float = 1e-3
 
     def __post_init__(self) -> None:
         self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)
@@ -297,6 +305,7 @@ def joint_loss(
     if scale != 1.0:
         full_h, full_w = targets.full.shape[:2]
         coarse = (w / full_w, h / full_h)
+    shape = aspect_penalty(present, settings)
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
         low = _render_sum(present[:k], h, w, backend, coarse)
@@ -306,10 +315,23 @@ def joint_loss(
             part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
         else:
             part_mse = clamped_mse(low, target)
-        return full_mse + settings.intermediate_weight * part_mse, full_mse
+        return full_mse + settings.intermediate_weight * part_mse + shape, full_mse
     full = _render_sum(present, h, w, backend, coarse)
     full_mse = clamped_mse(full, target)
-    return full_mse, full_mse
+    return full_mse + shape, full_mse
+
+
+def aspect_penalty(layers: list[GaussianLayer], settings: TrainSettings) -> Tensor | float:
+    """``aspect_weight`` * mean over all Gaussians of relu(log(s / s_max))^2, s the
+    elongation aspect + 1/aspect of each covariance (TrainSettings.max_aspect)."""
+    if settings.aspect_weight <= 0 or settings.max_aspect <= 0:
+        return 0.0
+    chol = torch.cat([l.chol for l in layers], dim=0)
+    a, b, r = chol[:, 0], chol[:, 1], chol[:, 2]
+    s = torch.exp(a - b) + (r * r + 1.0) * torch.exp(b - a)
+    s_max = settings.max_aspect + 1.0 / settings.max_aspect
+    excess = torch.relu(torch.log(s / s_max))
+    return settings.aspect_weight * (excess * excess).mean()
 
 
 class _Plateau:

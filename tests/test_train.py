@@ -92,3 +92,18 @@ def test_progress_reports_every_iteration(crop, mode):
     fit(_target(crop)[:16, :16], (8, 4, 4), TrainSettings(iterations=12, mode=mode), STEPS,
         backend="torch", progress=lambda d, t, p: calls.append((d, t)))
     assert calls == [(i, 12) for i in range(1, 13)]
+
+
+def test_aspect_penalty_only_past_the_bound_and_pulls_towards_round():
+    from gsvc.train import TrainSettings, aspect_penalty
+
+    s = TrainSettings(max_aspect=6.0, aspect_weight=1e-3)
+    round_ = GaussianLayer(torch.zeros(2, 2), torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.2, 0.5]]), torch.zeros(2, 3))
+    assert float(aspect_penalty([round_], s)) == 0.0  # aspects 1 and ~2.3
+    chol = torch.tensor([[2.0, -1.0, 0.0]], requires_grad=True)  # aspect e^3 ~ 20
+    needle = GaussianLayer(torch.zeros(1, 2), chol, torch.zeros(1, 3))
+    penalty = aspect_penalty([needle], s)
+    assert float(penalty) > 0
+    penalty.backward()
+    assert chol.grad[0, 0] > 0 and chol.grad[0, 1] < 0  # descent shrinks a - b
+    assert float(aspect_penalty([needle], TrainSettings(aspect_weight=0.0))) == 0.0
