@@ -4,8 +4,8 @@
         --crop 0,0,192,128 --zoom 2 --out docs/crops_kodim08.png
 
 Encodes the picture with ``gsvc encode --bpp`` (default preset), decodes ``--layers``
-(default all), and codes the baselines at that many bytes (each file just under
-the gsvc stream's cumulative size, the quality chosen by bisection; JPEG 2000 as one
+(default all), and codes the baselines at that many bytes (JPEG and WebP: the quality
+whose file is closest to the gsvc stream's cumulative size; JPEG 2000: one
 single-layer stream rate-controlled to it). Writes one PNG: the crop (x, y, w, h)
 of each, left to right, enlarged ``--zoom`` times (nearest neighbour), and prints
 bytes and PSNR (whole picture) of each. Needs the ``eval`` extra (Pillow).

@@ -286,14 +286,20 @@ def _best_geometric(symbols: np.ndarray, lo: int, size: int) -> tuple[float, int
     return centre_bits + best[0], best[1], centre_code
 
 
-def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
-    """The cheapest model the reader accepts for ``symbols`` (ValueError if none can code them)."""
+def _alphabet(symbols: np.ndarray) -> tuple[int, int]:
+    """(smallest value, alphabet size) of a stream any coder can take (ValueError if none)."""
     lo, hi = int(symbols.min()), int(symbols.max())
     size = hi - lo + 1
     if lo < INT32_MIN or hi > INT32_MAX:
         raise ValueError(f"values in [{lo}, {hi}] leave the 32-bit range")
     if size > MAX_UNIFORM_ALPHABET:
         raise ValueError(f"alphabet of {size} symbols is too large to code (limit {MAX_UNIFORM_ALPHABET})")
+    return lo, size
+
+
+def _choose_model(symbols: np.ndarray, geometric: bool = False) -> _Model:
+    """The cheapest model the reader accepts for ``symbols`` (ValueError if none can code them)."""
+    lo, size = _alphabet(symbols)
     if size == 1:
         return _Model(MODEL_CONSTANT, lo, 1, None)
     counts = np.bincount(symbols - lo, minlength=size)
@@ -365,12 +371,7 @@ def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Mod
 
 def _choose_model_v2(symbols: np.ndarray) -> _Model:
     """Coder 2: the cheapest of uniform, peaked and binned (constant for one value)."""
-    lo, hi = int(symbols.min()), int(symbols.max())
-    size = hi - lo + 1
-    if lo < INT32_MIN or hi > INT32_MAX:
-        raise ValueError(f"values in [{lo}, {hi}] leave the 32-bit range")
-    if size > MAX_UNIFORM_ALPHABET:
-        raise ValueError(f"alphabet of {size} symbols is too large to code (limit {MAX_UNIFORM_ALPHABET})")
+    lo, size = _alphabet(symbols)
     if size == 1:
         return _Model(MODEL_CONSTANT, lo, 1, None)
     best = _Model(MODEL_UNIFORM, lo, size, None)

@@ -111,7 +111,7 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     h, w = rgb.shape[:2]
     steps, coder, rate = settings.quant.steps(), settings.coder, settings.rate
     budgets = layer_budgets(settings.targets, header_bytes(w, h, len(settings.targets), steps, coder))
-    counts = initial_counts(budgets, rate)
+    counts = initial_counts(budgets, rate, w * h)
     device, backend = settings.device_and_backend()
     train = settings.train
     all_layers_from = sum(_stage_iterations(train, len(counts))[:-1])

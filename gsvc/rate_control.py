@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bitstream.layout import Header, LayerChunk
+from bitstream.limits import MAX_GAUSSIANS
 
 from .errors import GsvcError
 from .layer_codec import encode_intra
@@ -88,9 +89,13 @@ def layer_budgets(targets: tuple[int, ...], head: int) -> tuple[int, ...]:
     return tuple(budgets)
 
 
-def initial_counts(budgets: tuple[int, ...], settings: RateSettings) -> tuple[int, ...]:
-    """Gaussians to fit per layer: the budget at the prior cost, times the overshoot."""
-    return tuple(max(4, round(8 * b / settings.prior_bits * settings.overshoot)) for b in budgets)
+def initial_counts(budgets: tuple[int, ...], settings: RateSettings, pixels: int) -> tuple[int, ...]:
+    """Gaussians to fit per layer: the budget at the prior cost, times the overshoot, at
+    most half a Gaussian per pixel per layer and MAX_GAUSSIANS in all (a target beyond
+    that is met as far as those Gaussians go)."""
+    counts = [max(4, min(pixels // 2, round(8 * b / settings.prior_bits * settings.overshoot))) for b in budgets]
+    scale = min(1.0, MAX_GAUSSIANS / sum(counts))
+    return tuple(max(4, int(c * scale)) for c in counts)
 
 
 def energy(layer: GaussianLayer) -> np.ndarray:  # [N] float64
