@@ -75,3 +75,32 @@ def test_cli_bad_targets(tmp_path, picture, args, needle):
     code, _, err = run("encode", tmp_path / "in.png", "-o", tmp_path / "out.gsv", *args)
     assert code == 2 and needle in err, err
     assert not (tmp_path / "out.gsv").exists()
+
+
+def test_size_targets_give_the_same_bytes_twice(picture):
+    settings = EncodeSettings(gaussians=None, targets=(900, 1800), device="cpu", train=train_settings("fast", 60))
+    assert encode_image(picture, settings).data == encode_image(picture, settings).data
+
+
+def test_resize_keeps_each_kept_gaussians_adam_state():
+    import torch
+
+    from gsvc.model import GaussianLayer
+    from gsvc.train import TrainSettings, _param_groups, _resized
+
+    settings = TrainSettings()
+    layer = GaussianLayer(torch.randn(5, 2).requires_grad_(), torch.randn(5, 3).requires_grad_(),
+                          torch.randn(5, 3).requires_grad_())
+    opt = torch.optim.Adam(_param_groups(layer, settings), eps=1e-15)
+    for _ in range(3):
+        opt.zero_grad()
+        sum((t**2).sum() for t in layer.tensors()).backward()
+        opt.step()
+    keep = np.array([True, False, True, True, False])
+    (new,), new_opt = _resized([layer], [keep], opt, settings)
+    assert len(new) == 3
+    for old_t, new_t in zip(layer.tensors(), new.tensors()):
+        torch.testing.assert_close(new_t, old_t.detach()[torch.from_numpy(keep)])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(new_opt.state[new_t][key], opt.state[old_t][key][torch.from_numpy(keep)])
+    assert [g["lr"] for g in new_opt.param_groups] == [g["lr"] for g in opt.param_groups]

@@ -405,3 +405,10 @@ def test_frame_pattern_outputs_are_not_overwritten(cli_stream):
     code, _, err = run("decode", d / "clip.gsv", "-o", d / "pat" / "g_%04d.png", "-y")
     assert code == 0, err
     assert len(list((d / "pat").iterdir())) == 8
+
+
+def test_size_targets_are_refused_for_video(clip_file, tmp_path):
+    code, _, err = run("encode", clip_file, "-o", tmp_path / "clip.gsv", "--bpp", "0.2,0.4")
+    assert code != 0 and "apply to pictures" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "clip.gsv").exists()
