@@ -115,6 +115,10 @@ class _Task:
     attempts: int = 0
     finished: bool = False
     result: Any = None
+    #: it was running when a worker process died that it may not have caused: it runs
+    #: again alone, and only a death while alone counts as its attempt
+    suspect: bool = False
+    alone: bool = False  # submitted while no other task ran
 
 
 def run_units(
@@ -178,12 +182,19 @@ def _scheduled(fn, units: Iterator, runner, schedule: Schedule, name, start: flo
             else:
                 tasks.append(_Task(unit))
         running = [t for t in tasks if t.handle is not None]
-        for task in tasks:  # start waiting units, oldest first, while slots are free
-            if len(running) >= slots:
-                break
-            if task.handle is None and not task.finished:
-                task.handle = runner.submit(fn, task.unit)
+        suspects = [t for t in tasks if t.suspect and not t.finished]
+        if suspects:  # after a worker died: the units it may have killed run one at a time
+            if not running:
+                task = suspects[0]
+                task.handle, task.alone = runner.submit(fn, task.unit), True
                 running.append(task)
+        else:
+            for task in tasks:  # start waiting units, oldest first, while slots are free
+                if len(running) >= slots:
+                    break
+                if task.handle is None and not task.finished:
+                    task.handle, task.alone = runner.submit(fn, task.unit), not running
+                    running.append(task)
         while tasks and tasks[0].finished:
             task = tasks.popleft()
             done += 1
@@ -210,8 +221,12 @@ def _settle(task: _Task, runner, retries: int, name) -> None:
         raise
     except BaseException as e:
         cause = e
-    task.attempts += 1
     runner.recover(handle, cause)
+    if runner.shared_death(cause) and not task.alone:
+        task.suspect = True  # one of the units running beside it may be the culprit
+        return
+    task.suspect = False
+    task.attempts += 1
     if task.attempts > retries:
         raise _failed(task.unit, task.attempts, cause, name, runner.describe(cause)) from cause
 
@@ -287,6 +302,13 @@ class _LocalRunner:
             return "a worker process died"
         return _cause(cause)
 
+    @staticmethod
+    def shared_death(cause: BaseException) -> bool:
+        """A worker died and broke the pool: every unit in it failed, whichever killed it."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        return isinstance(cause, BrokenProcessPool)
+
     def close(self, cancel: bool) -> None:
         if cancel:  # an error or Ctrl-C: stop the workers now, not after their units
             for process in list((getattr(self.pool, "_processes", None) or {}).values()):
@@ -356,6 +378,11 @@ class _RayRunner:
         if isinstance(cause, (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError)):
             return "its Ray worker died"
         return _cause(cause)
+
+    @staticmethod
+    def shared_death(cause: BaseException) -> bool:
+        """Ray runs every task in a worker of its own: a death is that task's."""
+        return False
 
     def close(self, cancel: bool) -> None:
         if cancel:

@@ -203,3 +203,18 @@ def test_a_failing_gop_is_one_line_and_leaves_no_output(monkeypatch, clip_file, 
     assert code == 1, err
     assert len(err.strip().splitlines()) == 1 and "GOP 1" in err and "boom" in err
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file left
+
+
+def _slow_one_dies_two(x: int) -> int:
+    import time
+
+    if x == 1:
+        time.sleep(1.5)  # in flight when unit 2 kills the pool
+    if x == 2:
+        os._exit(9)
+    return x
+
+
+def test_a_dying_worker_is_blamed_not_the_units_beside_it():
+    with pytest.raises(UnitFailed, match=r"^unit 2 failed after 2 attempts: a worker process died$"):
+        list(run_units(_slow_one_dies_two, range(4), Schedule(jobs=2, threads=1), name=lambda u: f"unit {u}"))

@@ -103,7 +103,7 @@ def test_aspect_penalty_only_past_the_bound_and_pulls_towards_round():
     chol = torch.tensor([[2.0, -1.0, 0.0]], requires_grad=True)  # aspect e^3 ~ 20
     needle = GaussianLayer(torch.zeros(1, 2), chol, torch.zeros(1, 3))
     penalty = aspect_penalty([needle], s)
-    assert float(penalty) > 0
+    assert penalty.item() > 0
     penalty.backward()
     assert chol.grad[0, 0] > 0 and chol.grad[0, 1] < 0  # descent shrinks a - b
     assert float(aspect_penalty([needle], TrainSettings(aspect_weight=0.0))) == 0.0
