@@ -157,11 +157,9 @@ def geometric_probabilities(min_symbol: int, size: int, theta_code: int, centre_
     Powers are built by repeated multiplication (np.multiply.accumulate runs in order),
     so every platform computes the same numbers (FORMAT.md, section 4).
     """
-    theta = theta_code / GEOMETRIC_ONE
     values = np.arange(min_symbol, min_symbol + size, dtype=np.int64)
     mags = _geometric_distances(values, min_symbol, size)
-    top = int(mags.max())
-    powers = np.multiply.accumulate(np.concatenate([[1.0], np.full(top, theta)]))  # theta^0..theta^top
+    powers = np.concatenate([[1.0], _tail(theta_code, int(mags.max()))])  # theta^0..theta^top
     tail = powers[mags]
     tail[mags == 0] = 0.0
     probs = tail * ((1.0 - centre_code / GEOMETRIC_ONE) / tail.sum())

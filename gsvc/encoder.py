@@ -22,7 +22,7 @@ from .quantize import QuantSettings, dequantize, quantize_ints
 from .rate_control import RateSettings, header_bytes, initial_counts, keep_within, layer_budgets, trim_to_budgets
 from .render import default_backend
 from .presets import DEFAULT_PRESET, PRESETS, train_settings  # noqa: F401 (re-exported)
-from .train import Progress, TrainSettings, _stage_iterations, fit
+from .train import Progress, TrainSettings, fit
 
 #: Gaussians per layer for a 768x512 image (the P-GSVC Kodak setting); scaled by area.
 REFERENCE_COUNTS = (5000, 2000, 2000)
@@ -114,8 +114,7 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     counts = initial_counts(budgets, rate, w * h)
     device, backend = settings.device_and_backend()
     train = settings.train
-    all_layers_from = sum(_stage_iterations(train, len(counts))[:-1])
-    resize_at = tuple(max(round(train.iterations * share), all_layers_from + 1) for share in rate.resize_shares)
+    resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
     cut = tuple(int(b * rate.resize_margin) for b in budgets)
 
     def resize(layers):

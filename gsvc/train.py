@@ -430,9 +430,10 @@ def fit(
     resize: Resize | None = None,
     resize_at: tuple[int, ...] = (),
 ) -> LayeredImage:
-    """Fit len(counts) layers of Gaussians to ``target``. ``resize``, called at each
-    iteration of ``resize_at`` at which all layers exist (joint mode), may cut each
-    layer to a subset (rate targets: rate_control); training carries on with the rest."""
+    """Fit len(counts) layers of Gaussians to ``target``. ``resize`` (joint mode) is
+    called once for each iteration of ``resize_at``, as soon as training has reached it
+    with all layers present (early stopping may skip past it), and may cut each layer
+    to a subset (rate targets: rate_control); training carries on with the rest."""
     assert target.dim() == 3 and target.shape[2] == 3, target.shape
     assert len(counts) >= 1 and min(counts) >= 1, counts
     h, w = target.shape[:2]
@@ -444,6 +445,7 @@ def fit(
     total = sum(stage_iters)
     sequential = settings.mode == "sequential"
     targets = ScaledTargets(target)
+    pending_resizes = sorted(resize_at) if resize is not None and not sequential else []
 
     layers: list[GaussianLayer] = []
     optimizer: torch.optim.Adam | None = None
@@ -493,7 +495,8 @@ def fit(
             optimizer.step()
             it += 1
             done += 1
-            if resize is not None and done in resize_at and len(layers) == num_layers and not sequential:
+            if pending_resizes and done >= pending_resizes[0] and len(layers) == num_layers:
+                pending_resizes = [at for at in pending_resizes if at > done]
                 layers, optimizer = _resized(layers, resize(layers), optimizer, settings)
             psnr = psnr_from_mse(full_mse.item()) if (progress is not None or plateau is not None) else 0.0
             if plateau is not None:

@@ -107,3 +107,17 @@ def test_aspect_penalty_only_past_the_bound_and_pulls_towards_round():
     penalty.backward()
     assert chol.grad[0, 0] > 0 and chol.grad[0, 1] < 0  # descent shrinks a - b
     assert float(aspect_penalty([needle], TrainSettings(aspect_weight=0.0))) == 0.0
+
+
+def test_fit_resizes_once_per_point_and_only_with_all_layers():
+    target = torch.rand(12, 16, 3)
+    seen = []
+
+    def resize(layers):
+        seen.append([len(l) for l in layers])
+        return [np.arange(len(l)) > 0 for l in layers]  # drop each layer's first Gaussian
+
+    # 40 iterations: layer 1 alone for 4, layers 1-2 for 4, all three from iteration 9
+    model = fit(target, (6, 5, 5), TrainSettings(iterations=40), STEPS, "torch", resize=resize, resize_at=(2, 3, 30))
+    assert seen == [[6, 5, 5], [5, 4, 4]]  # 2 and 3 reached before layer 3 existed: one call, then 30
+    assert model.counts == (4, 3, 3)
