@@ -343,16 +343,21 @@ def _model_bits(model: _Model, values: np.ndarray, counts: np.ndarray) -> float:
     return code + 8.0 * len(model.descriptor())
 
 
-def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Model]:
-    """Peaked and binned models fitted to ``symbols`` (alphabet [lo, lo + size))."""
-    counts = np.bincount(symbols - lo, minlength=size)
-    n = symbols.size
+def _peaked_model(counts: np.ndarray, lo: int, size: int) -> _Model:
+    """The peaked model of a histogram ``counts`` over [lo, lo + size)."""
+    n = int(counts.sum())
     mode_at = int(np.argmax(counts))
     below, above = int(counts[:mode_at].sum()), int(counts[mode_at + 1 :].sum())
     left = _code16(below / (below + above)) if below and above else GEOMETRIC_ONE // 2
-    models = [_Model(MODEL_PEAKED, lo, size, None, centre_code=_code16(counts[mode_at] / n), mode=lo + mode_at,
-                     left_code=left, left_theta=_best_tail(np.concatenate([[0], counts[:mode_at][::-1]])),
-                     right_theta=_best_tail(np.concatenate([[0], counts[mode_at + 1 :]])))]
+    return _Model(MODEL_PEAKED, lo, size, None, centre_code=_code16(counts[mode_at] / n), mode=lo + mode_at,
+                  left_code=left, left_theta=_best_tail(np.concatenate([[0], counts[:mode_at][::-1]])),
+                  right_theta=_best_tail(np.concatenate([[0], counts[mode_at + 1 :]])))
+
+
+def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Model]:
+    """Peaked and binned models fitted to ``symbols`` (alphabet [lo, lo + size))."""
+    counts = np.bincount(symbols - lo, minlength=size)
+    models = [_peaked_model(counts, lo, size)]
     for nbins in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
         width = -(-size // nbins)
         if nbins > size:
@@ -365,6 +370,34 @@ def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Mod
         if width == 1:
             break
     return models
+
+
+def peaked_code_lengths(symbols: np.ndarray) -> tuple[int, np.ndarray]:
+    """(lo, bits): coder 2's peaked model fitted to ``symbols`` (as the coder fits it)
+    and the code length in bits of each value of its alphabet [lo, lo + bits.size).
+    A training loss takes the rate of parameters from it (the same model family codes
+    the stream); one value costs 0 bits."""
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    lo, size = _alphabet(symbols)
+    if size == 1:
+        return lo, np.zeros(1)
+    model = _peaked_model(np.bincount(symbols - lo, minlength=size), lo, size)
+    with np.errstate(divide="ignore"):
+        bits = -np.log2(model.probabilities())
+    return lo, np.minimum(bits, 32.0)
+
+
+def peaked_tail_slopes(symbols: np.ndarray) -> tuple[int, float, float]:
+    """(mode, left, right): coder 2's peaked model fitted to ``symbols`` and the bits one
+    more step away from the mode costs in its tail on each side (-log2 theta): the
+    slopes of its code length away from the mode."""
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    lo, size = _alphabet(symbols)
+    if size == 1:
+        return lo, 0.0, 0.0
+    model = _peaked_model(np.bincount(symbols - lo, minlength=size), lo, size)
+    return (model.mode, -float(np.log2(model.left_theta / GEOMETRIC_ONE)),
+            -float(np.log2(model.right_theta / GEOMETRIC_ONE)))
 
 
 def _choose_model_v2(symbols: np.ndarray) -> _Model:

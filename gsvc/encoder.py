@@ -6,7 +6,7 @@ bytes written. Video encoding (``video_encoder``) builds on the same pieces.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from .errors import GsvcError
 from .layer_codec import DEFAULT_CODER, encode_intra
 from .model import LayeredImage
 from .quantize import QuantSettings, dequantize, quantize_ints
-from .rate_control import RateSettings, header_bytes, initial_counts, keep_within, layer_budgets, trim_to_budgets
+from .rate_control import (BudgetGains, RateSettings, header_bytes, initial_counts, keep_within, layer_budgets,
+                           trim_to_budgets)
 from .render import default_backend
 from .presets import DEFAULT_PRESET, PRESETS, train_settings  # noqa: F401 (re-exported)
 from .train import Progress, TrainSettings, fit
@@ -100,12 +101,15 @@ def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | No
     counts = settings.counts_for(w, h)
     device, backend = settings.device_and_backend()
     torch.manual_seed(settings.train.seed)
-    return fit(to_tensor(rgb, device), counts, settings.train, settings.quant.steps(), backend, progress)
+    return fit(to_tensor(rgb, device), counts, settings.train, settings.quant.steps(), backend, progress,
+               coder=settings.coder)
 
 
 def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
     """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
-    bytes): over-provision, resize early to the budgets, trim at the end (rate_control)."""
+    bytes): over-provision, resize early to the budgets, price every layer but the last
+    in the loss (``rate_term``, weights held to the budgets by ``BudgetGains``), trim
+    at the end (rate_control)."""
     if settings.gaussians is not None:
         raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
     h, w = rgb.shape[:2]
@@ -114,14 +118,21 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     counts = initial_counts(budgets, rate, w * h)
     device, backend = settings.device_and_backend()
     train = settings.train
+    if train.rate_slope == 0 and rate.slope > 0:
+        # the last layer is not priced: pricing it leaves it short of its budget (its
+        # bytes per Gaussian fall after the last resize) for no gain (docs/results.md)
+        train = replace(train, rate_slope=rate.slope, rate_layers=len(budgets) - 1)
     resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
     cut = tuple(int(b * rate.resize_margin) for b in budgets)
+    gains = BudgetGains(budgets, steps, coder, rate)
 
     def resize(layers):
+        gains.start()
         return [keep_within(l, b, steps, coder) for l, b in zip(layers, cut)]
 
     torch.manual_seed(train.seed)
-    model = fit(to_tensor(rgb, device), counts, train, steps, backend, progress, resize=resize, resize_at=resize_at)
+    model = fit(to_tensor(rgb, device), counts, train, steps, backend, progress, resize=resize, resize_at=resize_at,
+                coder=coder, rate_gain=gains)
     return trim_to_budgets(model, budgets, steps, coder)
 
 

@@ -39,7 +39,8 @@ def sort_intra(q: np.ndarray) -> np.ndarray:  # [N, 8] -> [N, 8]
     return q[order]
 
 
-def _colour_streams(q: np.ndarray, coder: int) -> list[np.ndarray]:  # [N, 8] -> 3 x [N]
+def colour_streams(q: np.ndarray, coder: int) -> list[np.ndarray]:  # [N, 8] -> 3 x [N]
+    """The colour streams of a layer's parameters as ``coder`` codes them (linear in them)."""
     red, green, blue = q[:, 5], q[:, 6], q[:, 7]
     if coder == CODER_RANGE_V1:
         return [red, green, blue]
@@ -55,7 +56,7 @@ def _from_colour_streams(streams: list[np.ndarray], coder: int) -> list[np.ndarr
 
 def _intra_streams(q: np.ndarray, coder: int = CODER_RANGE_V1) -> list[np.ndarray]:  # sorted [N, 8] -> 8 x [N]
     dy = np.diff(q[:, 1], prepend=0)
-    return [dy, q[:, 0]] + [q[:, j] for j in range(2, 5)] + _colour_streams(q, coder)
+    return [dy, q[:, 0]] + [q[:, j] for j in range(2, 5)] + colour_streams(q, coder)
 
 
 def _from_intra_streams(streams: list[np.ndarray], coder: int = CODER_RANGE_V1) -> np.ndarray:  # 8 x [N] -> [N, 8]
@@ -88,7 +89,7 @@ def encode_predicted(
         keep.shape, kept.shape, reference.shape)
     new = sort_intra(np.asarray(new, dtype=np.int64).reshape(-1, NPARAMS))
     diff = kept - reference[keep]
-    diff_streams = [diff[:, j] for j in range(5)] + _colour_streams(diff, coder)
+    diff_streams = [diff[:, j] for j in range(5)] + colour_streams(diff, coder)
     streams = [keep.astype(np.int64)] + diff_streams + _intra_streams(new, coder)
     payload = struct.pack(">I", kept.shape[0]) + encode_streams(streams, geometric=True, coder=coder)
     return payload, np.concatenate([kept, new], axis=0)

@@ -55,8 +55,20 @@ class RateSettings:
     #: grow while training spreads the parameters (13 % for a layer of kodim03 from 30 %
     #: to the end)
     resize_shares: tuple[float, ...] = (0.3, 0.7)
-    #: ... to this fraction of each budget (bytes per Gaussian grow a little later on)
+    #: ... to this fraction of each budget (cutting to 1.06x and trimming the rest after
+    #: the fit cost 0.9-2.5 dB on kodim03: docs/results.md, "Rate in the loss")
     resize_margin: float = 1.0
+    #: rate term in the loss of a size-target encode (``TrainSettings.rate_slope``, dB
+    #: per bit per pixel; 0: none) on every layer but the last, unless the training
+    #: settings set one themselves. It trades parameter precision for more Gaussians
+    #: in the same bytes (docs/results.md, "Rate in the loss")
+    slope: float = 6.0
+    #: from the first resize on, each layer's rate weight is multiplied by
+    #: (bytes / budget) ** gain_power every 100 iterations (within ``gain_limit`` or its
+    #: inverse), so the rate term neither takes a layer far below its budget nor leaves
+    #: it far above
+    gain_power: float = 4.0
+    gain_limit: float = 5.0
 
 
 def byte_targets(width: int, height: int, bpp: tuple[float, ...] | None = None,
@@ -147,3 +159,27 @@ def trim_to_budgets(model: LayeredImage, budgets: tuple[int, ...], steps: tuple[
     """``model`` with each layer cut to its byte budget, least energy first."""
     layers = [l.select(keep_within(l, b, steps, coder)) for l, b in zip(model.layers, budgets)]
     return LayeredImage(model.width, model.height, layers)
+
+
+class BudgetGains:
+    """``fit``'s rate-gain hook for size targets: each layer's rate weight times
+    (bytes / budget) ** ``gain_power`` (within ``gain_limit`` or its inverse), from the
+    layer's bytes as the encoder writes them, in proportion and without memory (no
+    wind-up across a resize). Neutral (1) until ``start`` is called at the first resize:
+    before it the layers are over-provisioned on purpose."""
+
+    def __init__(self, budgets: tuple[int, ...], steps: tuple[float, ...], coder: int, settings: RateSettings):
+        self.budgets, self.steps, self.coder, self.settings = budgets, steps, coder, settings
+        self.gains = [1.0] * len(budgets)
+        self.active = False
+
+    def start(self) -> None:
+        self.active = True
+
+    def __call__(self, layers: list[GaussianLayer]) -> list[float]:
+        if self.active:
+            s = self.settings
+            for l, (layer, budget) in enumerate(zip(layers, self.budgets)):
+                ratio = layer_bytes(layer, self.steps, self.coder) / budget
+                self.gains[l] = min(max(ratio ** s.gain_power, 1 / s.gain_limit), s.gain_limit)
+        return self.gains[: len(layers)]

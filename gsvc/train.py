@@ -49,7 +49,9 @@ from .metrics import psnr_from_mse
 from .loss import clamped_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
+from .layer_codec import DEFAULT_CODER
 from .quantize import fake_quantize
+from .rate_term import LayerPricing, RateGain, RateTerm
 from .render import EPS, covariance, get_backend, render
 from .render.resample import area_shrink
 
@@ -125,6 +127,18 @@ class TrainSettings:
     #: and ~1 % fewer bytes (docs/results.md, "Needles"); 0: no penalty.
     max_aspect: float = 6.0
     aspect_weight: float = 1e-3
+    #: rate in the loss (``rate_term``): loss + lambda * bits of the layers' shape and
+    #: colour streams under the coder's own models, lambda from this RD slope (dB per
+    #: bit per pixel) at the current MSE; 0: no rate term
+    rate_slope: float = 0.0
+    #: ... for each layer once it has trained this share of the iterations (a newborn
+    #: layer's small colours would be priced to zero before they grow)
+    rate_from: float = 0.15
+    #: price only the first this many layers (None: all)
+    rate_layers: int | None = None
+    #: price only the tails of the model (a Laplace proxy; the setting measured in
+    #: docs/results.md), not the exact code length with its jump at the mode
+    rate_tails: bool = True
 
     def __post_init__(self) -> None:
         self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)
@@ -293,7 +307,7 @@ def joint_loss(
     backend: str,
     joint: bool = True,
     scale: float = 1.0,
-) -> tuple[Tensor, Tensor]:  # (loss, MSE of the full render)
+) -> tuple[Tensor, Tensor, tuple[int, Tensor] | None]:  # (loss, MSE of all layers, (k, MSE of 1..k))
     """The P-GSVC objective of iteration ``it``: MSE(layers 1..L) + w * MSE(layers 1..k),
     k = 1 + it mod (L - 1); both from one render, the sum being additive. With resolution
     layers the second term is also taken at ``settings.intermediate_scale(k)``. A coarse
@@ -315,10 +329,10 @@ def joint_loss(
             part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
         else:
             part_mse = clamped_mse(low, target)
-        return full_mse + settings.intermediate_weight * part_mse + shape, full_mse
+        return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
     full = _render_sum(present, h, w, backend, coarse)
     full_mse = clamped_mse(full, target)
-    return full_mse + shape, full_mse
+    return full_mse + shape, full_mse, None
 
 
 def aspect_penalty(layers: list[GaussianLayer], settings: TrainSettings) -> Tensor | float:
@@ -405,7 +419,7 @@ def refine(
             present = [quantizer(l, layer) for l, layer in enumerate(layers)]
         else:
             present = layers
-        loss, full_mse = joint_loss(present, targets, it, settings, backend)
+        loss, full_mse, _ = joint_loss(present, targets, it, settings, backend)
         if rate is not None and rate_weight > 0:
             loss = loss + rate_weight * sum(rate(l, layer) for l, layer in enumerate(layers))
         optimizer.zero_grad(set_to_none=True)
@@ -429,6 +443,8 @@ def fit(
     progress: Progress | None = None,
     resize: Resize | None = None,
     resize_at: tuple[int, ...] = (),
+    coder: int = DEFAULT_CODER,
+    rate_gain: RateGain | None = None,
 ) -> LayeredImage:
     """Fit len(counts) layers of Gaussians to ``target``. ``resize`` (joint mode) is
     called once for each iteration of ``resize_at``, as soon as training has reached it
@@ -446,6 +462,10 @@ def fit(
     sequential = settings.mode == "sequential"
     targets = ScaledTargets(target)
     pending_resizes = sorted(resize_at) if resize is not None and not sequential else []
+    pricing = None
+    if settings.rate_slope > 0:
+        pricing = LayerPricing(RateTerm(steps, coder, tails=settings.rate_tails), settings.rate_slope,
+                               round(settings.rate_from * total), h * w, rate_gain, layers=settings.rate_layers)
 
     layers: list[GaussianLayer] = []
     optimizer: torch.optim.Adam | None = None
@@ -461,6 +481,8 @@ def fit(
                 current = _render_sum(layers, h, w, backend).clamp(0, 1).to("cpu")
             new = init_enhancement_layer(cpu_target, current, count, gen, init_backend)
         layers.append(_leaf(new, device))
+        if pricing is not None:
+            pricing.add_layer(done)
         if sequential or optimizer is None:
             optimizer = torch.optim.Adam(_param_groups(layers[-1], settings), eps=1e-15, fused=True)
         else:
@@ -488,8 +510,10 @@ def fit(
                 present = [fake_quantize(l, steps) if l.means.requires_grad else l for l in layers]
             else:
                 present = layers
-            loss, full_mse = joint_loss(present, targets, it, settings, backend, joint=not sequential,
-                                        scale=scale)
+            loss, full_mse, part = joint_loss(present, targets, it, settings, backend, joint=not sequential,
+                                              scale=scale)
+            if pricing is not None:
+                loss = loss + pricing(layers, done, full_mse, part)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -117,3 +117,20 @@ def test_peaked_and_binned_probabilities_sum_to_one(mode, left):
     b = binned_probabilities(13, 4, np.array([3, 0, 5, 2]))  # bins of 4, 4, 4, 1 values
     assert b.shape == (13,) and b.sum() == pytest.approx(1.0)
     assert b[12] == pytest.approx(2 / 10) and b[0] == pytest.approx(3 / 10 / 4)
+
+
+def test_peaked_code_lengths_are_what_the_coder_spends():
+    """The rate a training loss reads (peaked_code_lengths) is the coded size of a stream
+    that coder 2 codes with its peaked model: the same model serves both."""
+    from bitstream.entropy import peaked_code_lengths
+
+    rng = np.random.default_rng(6)
+    symbols = np.round(rng.laplace(3, 5, size=4000)).astype(np.int64)
+    assert _choose_model_v2(symbols).kind == MODEL_PEAKED
+    lo, bits = peaked_code_lengths(symbols)
+    assert lo == symbols.min() and bits.size == symbols.max() - symbols.min() + 1
+    estimate = bits[symbols - lo].sum() / 8
+    coded = len(encode_streams([symbols], coder=CODER_RANGE_V2))
+    assert estimate < coded < estimate + 32  # the descriptor and the coder's tail
+    assert np.argmin(bits) == np.bincount(symbols - lo).argmax()  # cheapest at the mode
+    assert peaked_code_lengths(np.full(5, 9)) == (9, pytest.approx(np.zeros(1)))
