@@ -372,16 +372,24 @@ def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Mod
     return models
 
 
+def _fitted_peaked(symbols: np.ndarray) -> tuple[int, _Model | None]:
+    """(lo, model): coder 2's peaked model fitted to ``symbols`` as the coder fits it
+    (None for a single value)."""
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    lo, size = _alphabet(symbols)
+    if size == 1:
+        return lo, None
+    return lo, _peaked_model(np.bincount(symbols - lo, minlength=size), lo, size)
+
+
 def peaked_code_lengths(symbols: np.ndarray) -> tuple[int, np.ndarray]:
     """(lo, bits): coder 2's peaked model fitted to ``symbols`` (as the coder fits it)
     and the code length in bits of each value of its alphabet [lo, lo + bits.size).
     A training loss takes the rate of parameters from it (the same model family codes
     the stream); one value costs 0 bits."""
-    symbols = np.asarray(symbols, dtype=np.int64).ravel()
-    lo, size = _alphabet(symbols)
-    if size == 1:
+    lo, model = _fitted_peaked(symbols)
+    if model is None:
         return lo, np.zeros(1)
-    model = _peaked_model(np.bincount(symbols - lo, minlength=size), lo, size)
     with np.errstate(divide="ignore"):
         bits = -np.log2(model.probabilities())
     return lo, np.minimum(bits, 32.0)
@@ -391,11 +399,9 @@ def peaked_tail_slopes(symbols: np.ndarray) -> tuple[int, float, float]:
     """(mode, left, right): coder 2's peaked model fitted to ``symbols`` and the bits one
     more step away from the mode costs in its tail on each side (-log2 theta): the
     slopes of its code length away from the mode."""
-    symbols = np.asarray(symbols, dtype=np.int64).ravel()
-    lo, size = _alphabet(symbols)
-    if size == 1:
+    lo, model = _fitted_peaked(symbols)
+    if model is None:
         return lo, 0.0, 0.0
-    model = _peaked_model(np.bincount(symbols - lo, minlength=size), lo, size)
     return (model.mode, -float(np.log2(model.left_theta / GEOMETRIC_ONE)),
             -float(np.log2(model.right_theta / GEOMETRIC_ONE)))
 

@@ -39,7 +39,6 @@ from .model import GaussianLayer, LayeredImage
 from .quantize import quantize_ints
 
 
-
 @dataclass(frozen=True)
 class RateSettings:
     """How an encode meets per-layer size targets."""

@@ -38,6 +38,7 @@ from bitstream.entropy import peaked_code_lengths, peaked_tail_slopes
 
 from .layer_codec import colour_streams
 from .model import GaussianLayer
+from .quantize import quantize_ints
 
 
 def _value_streams(cols: np.ndarray, coder: int) -> list[np.ndarray]:  # [N, 8] -> 6 x [N]
@@ -91,7 +92,7 @@ class RateTerm:
 
     def __init__(self, steps: tuple[float, ...], coder: int, refit: int = 50, tails: bool = False):
         self.coder = coder
-        self._step_values = tuple(steps)
+        self.steps = steps
         self.refit = refit
         self._kind = _Tails if tails else _Table
         # each priced stream is a parameter, or the difference of two (in steps): read
@@ -110,16 +111,17 @@ class RateTerm:
         # elementwise (a small matrix product costs more than this on a busy CPU)
         return cols[:, self._plus] - cols[:, self._minus] * self._has_minus.to(cols.device)
 
-    def bits(self, layers: list[GaussianLayer]) -> list[Tensor]:  # per layer, a scalar (bits)
+    def bits(self, layers: list[GaussianLayer], which: list[int] | None = None) -> list[Tensor]:
+        """Bits of the layers ``which`` (default: all), one scalar each. Every call counts
+        towards the refit of all layers' models, priced or not."""
         if self._models is None or len(self._models) != len(layers) or self._calls % self.refit == 0:
             self._models = []
             for layer in layers:
-                cols = torch.cat(layer.tensors(), dim=1).detach().to("cpu", torch.float64)
-                steps = torch.tensor(self._step_values, dtype=torch.float64)
-                q = torch.round(cols / steps).to(torch.int64).numpy()
+                q = quantize_ints(layer, self.steps)  # [N, 8], as the encoder quantizes
                 self._models.append(self._kind(np.stack(_value_streams(q, self.coder), axis=1), layer.means.device))
         self._calls += 1
-        return [model(self._streams(layer)) for layer, model in zip(layers, self._models)]
+        which = range(len(layers)) if which is None else which
+        return [self._models[l](self._streams(layers[l])) for l in which]
 
 
 def rate_weight(mse: float, pixels: int, slope_db_per_bpp: float) -> float:
@@ -190,6 +192,6 @@ class LayerPricing:
         if self.gain is not None and self._priced % self.gain_every == 0:
             self.gains = list(self.gain(layers))
         self._priced += 1
-        bits = self.term.bits(layers)  # (all: the models are refitted on the same calls)
-        return sum(self.gains[l] * rate_weight(self.level_mse[l + 1], self.pixels, self.slope) * bits[l]
-                   for l in priced)
+        bits = self.term.bits(layers, priced)
+        return sum(self.gains[l] * rate_weight(self.level_mse[l + 1], self.pixels, self.slope) * b
+                   for l, b in zip(priced, bits))
