@@ -114,8 +114,9 @@ class TrainSettings:
     #: (learning-rate schedule included), when the mean PSNR of the full reconstruction
     #: over the last ``plateau_window`` iterations beats the window before it by less than
     #: ``plateau_tol_db``, or when that mean reaches ``plateau_psnr_db`` (beyond what
-    #: 8-bit output and the quantizer keep). 0: fixed iteration counts. Deterministic (it
-    #: only reads losses).
+    #: 8-bit output and the quantizer keep); the quantization-aware share and the warm-up
+    #: stages (layers joining) end early on the latter only. 0: fixed iteration counts.
+    #: Deterministic (it only reads losses).
     plateau_window: int = 0
     plateau_tol_db: float = 0.01
     plateau_psnr_db: float = 50.0
@@ -349,19 +350,26 @@ def aspect_penalty(layers: list[GaussianLayer], settings: TrainSettings) -> Tens
 
 
 class _Plateau:
-    """Early stopping within the phases of ``TrainSettings.phase_ends`` (plateau_window)."""
+    """Early stopping within the phases of ``TrainSettings.phase_ends`` (plateau_window).
+
+    A phase ends when the mean PSNR over the last window reaches ``plateau_psnr_db``,
+    or when it beats the window before it by less than ``plateau_tol_db``; the last
+    phase (quantization-aware; for a warm-up stage, the whole stage) ends only on the
+    former: a stall there still has work to do (fit the quantizer, place the next
+    layer), a picture already drawn perfectly (a black or flat frame) has none."""
 
     def __init__(self, settings: TrainSettings, phase_ends: list[int]):
         self.window = settings.plateau_window
         self.tol = settings.plateau_tol_db
         self.enough = settings.plateau_psnr_db
-        self.ends = phase_ends[:-1]  # the last (quantization-aware) phase always runs out
+        self.ends = phase_ends
         self.history: list[float] = []
         self.phase_end = 0
 
     def skip(self, done: int, psnr: float) -> int:
         """Iterations to skip after iteration ``done`` (1-based count) with ``psnr``."""
-        end = next((e for e in self.ends if e >= done), None)
+        phase = next((i for i, e in enumerate(self.ends) if e >= done), None)
+        end = None if phase is None else self.ends[phase]
         if end is None or end == done:
             self.history = []
             return 0
@@ -369,12 +377,14 @@ class _Plateau:
             self.phase_end, self.history = end, []
         self.history.append(psnr)
         w = self.window
-        if len(self.history) < 2 * w:
+        if len(self.history) < w:
             return 0
         recent = sum(self.history[-w:]) / w
-        gain = recent - sum(self.history[-2 * w:-w]) / w
-        if gain >= self.tol and recent < self.enough:
-            return 0
+        if recent < self.enough:
+            if phase == len(self.ends) - 1 or len(self.history) < 2 * w:
+                return 0
+            if recent - sum(self.history[-2 * w:-w]) / w >= self.tol:
+                return 0
         self.history = []
         return end - done
 
@@ -496,6 +506,10 @@ def fit(
         plateau = None
         if settings.plateau_window and not sequential and stage == num_layers - 1:
             plateau = _Plateau(settings, phase_ends=settings.phase_ends(total, done + qat_from))
+        elif settings.plateau_window and not sequential:
+            # a warm-up stage is one last phase: it ends early only when the picture is
+            # already good enough (flat frames: a fade to black, a title card)
+            plateau = _Plateau(settings, phase_ends=[done + n_iter])
         it = 0
         while it < n_iter:
             frac = (it / max(1, n_iter - 1)) if sequential else (done / max(1, total - 1))

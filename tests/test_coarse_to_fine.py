@@ -75,7 +75,10 @@ def test_plateau_skips_to_the_end_of_a_flat_phase_only():
     skips = [p.skip(done, 30.0) for done in range(230, 245)]
     jump = next(k for k in skips if k)
     assert 230 + skips.index(jump) + jump == 400  # to the end of the phase
-    assert p.skip(860, 30.0) == 0 and p.skip(900, 30.0) == 0  # the last phase runs out
+    assert all(p.skip(done, 30.0) == 0 for done in range(851, 900))  # the last phase ends on no stall
+    p = _Plateau(s, phase_ends=[400, 850, 1000])
+    done = 851 + next(i for i in range(20) if p.skip(851 + i, 55.0))
+    assert done == 851 + s.plateau_window - 1  # ... once one window is past plateau_psnr_db
 
 
 def test_coarse_to_fine_with_early_stopping_is_deterministic_and_reports_progress(crop):
@@ -97,3 +100,33 @@ def test_flat_picture_stops_early(crop):
     fit(flat, (12, 6), TrainSettings(iterations=400, plateau_window=10), STEPS, backend="numba",
         progress=lambda d, t, p: calls.append(d))
     assert calls[-1] == 400 and len(calls) < 300
+
+
+def test_black_frame_skips_the_warm_up_stages():
+    """A picture already drawn perfectly (black: a fade, the first frame of a film)
+    ends every phase once one window shows it: each warm-up stage, the full-size phase
+    and the quantization-aware share."""
+    black = torch.zeros((24, 32, 3))
+    settings = TrainSettings(iterations=400, warmup_share=0.25, plateau_window=10)
+    calls = []
+    first = fit(black, (12, 6, 6), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d))
+    assert len([d for d in calls if d <= 200]) == 2 * 10  # two warm-ups of 100 iterations
+    assert len(calls) == 4 * 10 and calls[-1] == 400
+    second = fit(black, (12, 6, 6), settings, STEPS, backend="numba")
+    for a, b in zip(first.layers, second.layers):
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors()))
+
+
+def test_warm_up_keeps_its_iterations_on_a_real_picture(crop):
+    target = torch.from_numpy(crop.astype("float32") / 255.0)
+    settings = TrainSettings(iterations=120, warmup_share=0.25, plateau_window=5, plateau_tol_db=1e9)
+    calls = []
+    fit(target, (12, 6, 6), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d))
+    assert [d for d in calls if d <= 60] == list(range(1, 61))  # warm-ups ran out despite the "stall"
+
+
+def test_without_a_quantization_aware_share_the_full_size_phase_still_stops_on_a_stall():
+    s = TrainSettings(iterations=1000, plateau_window=5, plateau_tol_db=0.05, qat_share=0.0)
+    p = _Plateau(s, phase_ends=s.phase_ends(1000, 1000))  # [1000, 1000]: an empty last phase
+    skips = [p.skip(done, 30.0) for done in range(500, 520)]
+    assert 500 + next(i for i, k in enumerate(skips) if k) + max(skips) == 1000
