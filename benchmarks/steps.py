@@ -30,11 +30,10 @@ import torch
 from gsvc.codec import EncodeSettings, decode_image, encode_image
 from gsvc.media import read_image, resize
 from gsvc.metrics import psnr
-from gsvc.model import concat
+from gsvc.model import LayeredImage
 from gsvc.presets import train_settings
 from gsvc.quantize import QuantSettings, fake_quantize
 from gsvc.rate_control import RateSettings, byte_targets, layer_bytes
-from gsvc.render import render
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_PICTURES = ("kodim03", "kodim08", "kodim05", "Megamind.avi@40", "tree.avi@20")
@@ -90,13 +89,10 @@ def proxy(name: str, rgb: np.ndarray, preset: str, bpp: tuple[float, ...]) -> li
 
     def measure(quant: QuantSettings) -> tuple[list[float], int]:
         steps = quant.steps()
-        layers = [fake_quantize(l, steps).detached() for l in model.layers]
-        mse = []
+        quantized = LayeredImage(w, h, [fake_quantize(l, steps).detached() for l in model.layers])
         with torch.no_grad():
-            for k in range(1, len(layers) + 1):
-                g = concat(layers[:k])
-                mse.append(float(((render(g.means, g.chol, g.colors, h, w, backend="numba").clamp(0, 1) - target)
-                                  ** 2).mean()))
+            mse = [float(((quantized.render(k, backend="numba") - target) ** 2).mean())
+                   for k in range(1, len(model.layers) + 1)]
         return mse, sum(8 * layer_bytes(l, steps, EncodeSettings().coder) for l in model.layers)
 
     base_mse, base_bits = measure(QuantSettings())

@@ -364,17 +364,17 @@ class _Plateau:
         self.enough = settings.plateau_psnr_db
         self.ends = phase_ends
         self.history: list[float] = []
-        self.phase_end = 0
+        self.phase = -1  # the phase of ``history``
 
     def skip(self, done: int, psnr: float) -> int:
         """Iterations to skip after iteration ``done`` (1-based count) with ``psnr``."""
         phase = next((i for i, e in enumerate(self.ends) if e >= done), None)
-        end = None if phase is None else self.ends[phase]
-        if end is None or end == done:
+        if phase is None or self.ends[phase] == done:
             self.history = []
             return 0
-        if end != self.phase_end:  # a new phase: a new scale, a new PSNR series
-            self.phase_end, self.history = end, []
+        end = self.ends[phase]
+        if phase != self.phase:  # a new phase: a new scale, a new PSNR series
+            self.phase, self.history = phase, []
         self.history.append(psnr)
         w = self.window
         if len(self.history) < w:
@@ -504,12 +504,12 @@ def fit(
         # early stopping: in the last joint stage, a phase (coarse scale, full size before
         # the quantization-aware share) ends when its PSNR stops improving
         plateau = None
-        if settings.plateau_window and not sequential and stage == num_layers - 1:
-            plateau = _Plateau(settings, phase_ends=settings.phase_ends(total, done + qat_from))
-        elif settings.plateau_window and not sequential:
-            # a warm-up stage is one last phase: it ends early only when the picture is
+        if settings.plateau_window and not sequential:
+            # the last stage's phases (coarse scales, full size, quantization-aware); a
+            # warm-up stage is one last phase, ended early only when the picture is
             # already good enough (flat frames: a fade to black, a title card)
-            plateau = _Plateau(settings, phase_ends=[done + n_iter])
+            last = stage == num_layers - 1
+            plateau = _Plateau(settings, settings.phase_ends(total, done + qat_from) if last else [done + n_iter])
         it = 0
         while it < n_iter:
             frac = (it / max(1, n_iter - 1)) if sequential else (done / max(1, total - 1))
