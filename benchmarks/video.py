@@ -2,7 +2,8 @@
 
     python -m benchmarks.video [--video ../shared/data/video/Megamind.avi] [--frames 30]
                                [--size 360x264] [--preset medium] [--json out.json]
-                               [--all-intra-scale 0.33]
+                               [--all-intra-scale 0.33] [--all-intra-from earlier.json]
+                               [--p-rate-slope 3]
 
 Encodes the clip's first frames with the default settings (GOP 30) and with ``--gop 1``
 (every frame an I-frame; ``--all-intra-scale`` scales its Gaussian counts, so that its
@@ -155,6 +156,11 @@ def main() -> None:
     ap.add_argument("--all-intra-scale", type=float, default=1.0,
                     help="Gaussian counts of the all-I encode, as a share of the default (e.g. 0.33)")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--all-intra-from", metavar="JSON",
+                    help="take the all-I half from an earlier run's --json (same clip, frames, size and "
+                         "preset) instead of encoding it again: P-frame changes leave it as it was")
+    ap.add_argument("--p-rate-slope", type=float, default=CodingStructure.rate_slope,
+                    help="P-frames' rate term, dB per bpp (CodingStructure.rate_slope)")
     args = ap.parse_args()
 
     cal = calibrate()
@@ -166,8 +172,20 @@ def main() -> None:
     settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
     results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal}
     print("P-frame coding (default, GOP 30):", flush=True)
-    results["gsvc"] = encode(frames, info.fps, settings, CodingStructure())
-    if not args.skip_all_intra:
+    results["gsvc"] = encode(frames, info.fps, settings, CodingStructure(rate_slope=args.p_rate_slope))
+    if args.all_intra_from:
+        earlier = json.loads(Path(args.all_intra_from).read_text())
+        same = {k: earlier.get(k) for k in ("frames", "size", "preset")}
+        same["video"] = Path(earlier.get("video", "")).name
+        if (same != {"frames": len(frames), "size": [w, h], "preset": args.preset, "video": Path(args.video).name}
+                or "gsvc_all_intra" not in earlier):
+            sys.exit(f"{args.all_intra_from}: no all-I run of these frames ({same})")
+        print(f"all-I coding: from {args.all_intra_from}", flush=True)
+        results["all_intra_from"] = args.all_intra_from
+        results["all_intra_counts"] = earlier.get("all_intra_counts")
+        results["all_intra_calib"] = earlier.get("calib")  # its seconds are that run's
+        results["gsvc_all_intra"] = earlier["gsvc_all_intra"]
+    elif not args.skip_all_intra:
         print("all-I coding (--gop 1):", flush=True)
         from gsvc.encoder import default_counts
 
@@ -225,7 +243,12 @@ def report(r: dict) -> None:
                   + "; all-I bytes for the same PSNR "
                   + (f"{at_psnr:.0f} (P-frames use {row['bytes'] / at_psnr:.2f}x)" if at_psnr else "n/a (outside its range)"))
         counts = r.get("all_intra_counts")
-        print(f"all-I encode {secs(a['encode_seconds'])}, mean {a['mean_I_bytes']:.0f} B per frame"
+        seconds, source = secs(a["encode_seconds"]), ""
+        if "all_intra_from" in r:  # another run's: its seconds in its own cal units
+            then = r.get("all_intra_calib")
+            seconds = f"{a['encode_seconds']:.1f} s" + (f" ({a['encode_seconds'] / then:.0f} cal)" if then else "")
+            source = f" (from {r['all_intra_from']})"
+        print(f"all-I encode{source} {seconds}, mean {a['mean_I_bytes']:.0f} B per frame"
               + (f", Gaussians per layer {','.join(map(str, counts))}" if counts else ""))
     for row, x in zip(rows, r["x264"]):
         print(f"layers 1..{row['layers']} vs x264 at {x['bytes']} B: {row['psnr'] - x['psnr']:+.2f} dB PSNR "

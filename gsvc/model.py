@@ -18,6 +18,9 @@ class GaussianLayer:
     chol: Tensor  # [N, 3] log-Cholesky (a, b, r), see render/geometry.py
     colors: Tensor  # [N, 3] RGB, additive (may leave [0, 1])
 
+    #: columns of each tensor of ``tensors()``, in order (together FORMAT.md's 8 parameters)
+    WIDTHS = (2, 3, 3)
+
     def __post_init__(self) -> None:
         n = self.means.shape[0]
         assert self.means.shape == (n, 2), self.means.shape

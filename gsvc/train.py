@@ -51,7 +51,7 @@ from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .layer_codec import DEFAULT_CODER
 from .quantize import fake_quantize
-from .rate_term import LayerPricing, RateGain, RateTerm
+from .rate_term import LayerPricing, LevelMSE, RateGain, RateTerm, rate_weight
 from .render import EPS, covariance, get_backend, render
 from .render.resample import area_shrink
 
@@ -398,14 +398,19 @@ def refine(
     lr_final_ratio: float | None = None,
     quantizer: Callable[[int, GaussianLayer], GaussianLayer] | None = None,
     rate: Callable[[int, GaussianLayer], Tensor] | None = None,
-    rate_weight: float = 0.0,
+    rate_slope: float = 0.0,
+    rate_mse: list[float] | None = None,
     after_step: Callable[[int, GaussianLayer, float], None] | None = None,
     backend: str = "torch",
     progress: Progress | None = None,
 ) -> list[GaussianLayer]:
     """Train given layers jointly from where they are (video P-frames start from the
-    previous decoded frame). The loss is ``joint_loss`` plus ``rate_weight`` times the
-    sum of ``rate(l, layer)`` over layers (a rate proxy, bits); the last ``qat_share``
+    previous decoded frame). The loss is ``joint_loss`` plus, for each layer l,
+    ``rate(l, layer)`` (a rate proxy, bits) times the exchange rate of a codec gaining
+    ``rate_slope`` dB per bit per pixel at the running MSE of layers 1..l
+    (``rate_term.rate_weight``, as ``fit``'s ``LayerPricing``), or at ``rate_mse[l]``
+    when given (a fixed anchor: a video GOP's I-frame); a picture drawn coarsely pays
+    more per bit than one drawn finely, in MSE units; the last ``qat_share``
     of iterations renders layer l through ``quantizer(l, layer)``. ``after_step(l, layer,
     decay)`` may change the parameters in place after every optimizer step (a proximal
     step of a rate term); ``decay`` is the learning-rate factor of that step. Learning
@@ -421,6 +426,8 @@ def refine(
     qat_from = iterations - round(iterations * settings.qat_share)
     targets = ScaledTargets(target)
     final_ratio = settings.lr_final_ratio if lr_final_ratio is None else lr_final_ratio
+    pixels = target.shape[0] * target.shape[1]
+    level_mse = LevelMSE()
     for it in range(iterations):
         decay = final_ratio ** (it / max(1, iterations - 1))
         for group in optimizer.param_groups:
@@ -429,9 +436,12 @@ def refine(
             present = [quantizer(l, layer) for l, layer in enumerate(layers)]
         else:
             present = layers
-        loss, full_mse, _ = joint_loss(present, targets, it, settings, backend)
-        if rate is not None and rate_weight > 0:
-            loss = loss + rate_weight * sum(rate(l, layer) for l, layer in enumerate(layers))
+        loss, full_mse, part = joint_loss(present, targets, it, settings, backend)
+        if rate is not None and rate_slope > 0:
+            level_mse.track(len(layers), full_mse, part)
+            level = rate_mse or [level_mse[l + 1] for l in range(len(layers))]
+            loss = loss + sum(rate_weight(level[l], pixels, rate_slope) * rate(l, layer)
+                              for l, layer in enumerate(layers))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

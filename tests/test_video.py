@@ -412,3 +412,39 @@ def test_size_targets_are_refused_for_video(clip_file, tmp_path):
     assert code != 0 and "apply to pictures" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "clip.gsv").exists()
+
+
+# --- P-frames' rate term ---------------------------------------------------------------
+
+def test_p_frames_price_bits_against_their_gops_distortion(clip):
+    """P-frames price each layer's bits at the MSE of the GOP's I-frame drawn from layers
+    1..l (``_Encoder.rate_mse``); a steeper slope buys fewer P-frame bytes; a black
+    I-frame anchors nothing (its zero MSE would make every bit free) and its first
+    P-frame anchors the GOP instead."""
+    from gsvc.metrics import mse
+    from gsvc.video_encoder import _Encoder
+
+    def p_bytes(slope: float) -> tuple[int, list[float]]:
+        enc = _Encoder(SETTINGS, CodingStructure(p_share=0.3, rate_slope=slope), 64, 48)
+        enc.frame(0, clip[0])
+        anchor = enc.rate_mse
+        total = 0
+        for t in (1, 2, 3):
+            ftype, chunks, report = enc.frame(t, clip[t])
+            assert report.type == "P"
+            total += sum(len(c.data) for c in chunks)
+        return total, anchor
+
+    free, anchor = p_bytes(0.0)
+    dear, again = p_bytes(24.0)
+    assert anchor == again and len(anchor) == 3
+    assert anchor[0] > anchor[1] > anchor[2] > 0, anchor  # each layer adds detail
+    assert dear < 0.8 * free, (dear, free)
+
+    enc = _Encoder(SETTINGS, CodingStructure(p_share=0.3, cut_psnr=0.0, cut_drop_db=99), 64, 48)
+    black = np.zeros_like(clip[0])
+    enc.frame(0, black)
+    assert enc.rate_mse is None
+    enc.frame(1, clip[1])  # a fade-in: coded as a P-frame (no cut here), which anchors
+    decoded = enc._render(enc.reference)
+    assert enc.rate_mse is not None and enc.rate_mse[-1] == pytest.approx(mse(decoded, clip[1]))
