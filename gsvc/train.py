@@ -37,7 +37,7 @@ iterations with layers 1..l-1 frozen at their quantized values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
 import numpy as np
@@ -403,6 +403,7 @@ def refine(
     after_step: Callable[[int, GaussianLayer, float], None] | None = None,
     backend: str = "torch",
     progress: Progress | None = None,
+    plateau_window: int = 0,
 ) -> list[GaussianLayer]:
     """Train given layers jointly from where they are (video P-frames start from the
     previous decoded frame). The loss is ``joint_loss`` plus, for each layer l,
@@ -415,7 +416,11 @@ def refine(
     decay)`` may change the parameters in place after every optimizer step (a proximal
     step of a rate term); ``decay`` is the learning-rate factor of that step. Learning
     rates are ``settings``' times ``lr_scale``, decaying to ``lr_final_ratio`` (default:
-    ``settings.lr_final_ratio``) of that by the last step."""
+    ``settings.lr_final_ratio``) of that by the last step. ``plateau_window`` > 0: the
+    iterations before the quantization-aware share end early once the mean PSNR over
+    that many iterations beats the window before it by less than
+    ``settings.plateau_tol_db`` (``_Plateau``; a still shot's P-frame has nothing to
+    learn), and the quantization-aware share once past ``settings.plateau_psnr_db``."""
     device = target.device
     layers = [_leaf(l, device) for l in start]
     groups = [g for layer in layers for g in _param_groups(layer, settings)]
@@ -428,7 +433,11 @@ def refine(
     final_ratio = settings.lr_final_ratio if lr_final_ratio is None else lr_final_ratio
     pixels = target.shape[0] * target.shape[1]
     level_mse = LevelMSE()
-    for it in range(iterations):
+    plateau = None
+    if plateau_window > 0:
+        plateau = _Plateau(replace(settings, plateau_window=plateau_window), [qat_from, iterations])
+    it = 0
+    while it < iterations:
         decay = final_ratio ** (it / max(1, iterations - 1))
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
@@ -449,8 +458,12 @@ def refine(
             with torch.no_grad():
                 for l, layer in enumerate(layers):
                     after_step(l, layer, decay)
+        it += 1
+        psnr = psnr_from_mse(full_mse.item()) if (progress is not None or plateau is not None) else 0.0
+        if plateau is not None:
+            it += plateau.skip(it, psnr)
         if progress is not None:
-            progress(it + 1, iterations, psnr_from_mse(full_mse.item()))
+            progress(it, iterations, psnr)
     return [l.detached() for l in layers]
 
 

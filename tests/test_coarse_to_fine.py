@@ -130,3 +130,34 @@ def test_without_a_quantization_aware_share_the_full_size_phase_still_stops_on_a
     p = _Plateau(s, phase_ends=s.phase_ends(1000, 1000))  # [1000, 1000]: an empty last phase
     skips = [p.skip(done, 30.0) for done in range(500, 520)]
     assert 500 + next(i for i, k in enumerate(skips) if k) + max(skips) == 1000
+
+
+def test_refine_stops_a_still_picture_early_and_deterministically():
+    """refine (video P-frames): started where the picture already is, the iterations
+    before the quantization-aware share end after two windows; the QAT share runs out;
+    without a window every iteration runs; two runs give the same layers."""
+    from gsvc.train import refine
+
+    scene = _scene()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the scene with sensor noise: ~34 dB, which the Gaussians cannot fit
+        target = render(scene.means, scene.chol, scene.colors, 64, 64)
+        target = (target + 0.02 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    settings = TrainSettings(iterations=200, seed=0, plateau_tol_db=0.005)
+
+    def run(window):
+        seen = []
+        layers = refine(target, [scene], settings, 200, lr_scale=0.5, backend="numba",
+                        progress=lambda done, total, psnr: seen.append(done), plateau_window=window)
+        return layers, seen
+
+    full, every = run(0)
+    assert every == list(range(1, 201))
+    early, seen = run(10)
+    qat = round(200 * settings.qat_share)
+    jump = next(i for i, (a, b) in enumerate(zip(seen, seen[1:])) if b != a + 1)
+    assert 20 <= jump + 1 < 200 - qat, seen  # at least two windows, then straight to the QAT share
+    assert seen[jump + 1 :] == list(range(200 - qat, 201)), seen  # which runs out
+    again, _ = run(10)
+    for a, b in zip(early[0].tensors(), again[0].tensors()):
+        assert torch.equal(a, b)
