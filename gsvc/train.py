@@ -447,8 +447,10 @@ def refine(
             present = layers
         loss, full_mse, part = joint_loss(present, targets, it, settings, backend)
         if rate is not None and rate_slope > 0:
-            level_mse.track(len(layers), full_mse, part)
-            level = rate_mse or [level_mse[l + 1] for l in range(len(layers))]
+            level = rate_mse
+            if level is None:
+                level_mse.track(len(layers), full_mse, part)
+                level = [level_mse[l + 1] for l in range(len(layers))]
             loss = loss + sum(rate_weight(level[l], pixels, rate_slope) * rate(l, layer)
                               for l, layer in enumerate(layers))
         optimizer.zero_grad(set_to_none=True)

@@ -84,8 +84,8 @@ class CodingStructure:
     #: P-frame learning rates decay to this fraction by their last step
     p_lr_final_ratio: float = 0.2
     #: rate term of P-frames: dB per bit per pixel, the RD slope its exchange rate assumes
-    #: (``rate_term.rate_weight``: each layer's bits are priced at the running MSE of the
-    #: reconstruction it completes, as an image's size-target fit prices them). Its
+    #: (``rate_term.rate_weight``, as an image's size-target fit prices bits: each
+    #: layer's bits at the MSE of the GOP's I-frame drawn from layers 1..l). Its
     #: gradient (an L1 proxy, ~2 bits per quantizer step of change) keeps Adam from
     #: wandering where the picture does not ask for change; ``shrink`` then snaps such
     #: parameters to exactly unchanged. Against a constant weight (before: 1e-4 per bit
