@@ -229,12 +229,15 @@ class _Encoder:
         layers = [dequantize(q, self.steps) for q in q_layers]
         return render_layers(layers, self.width, self.height, 1.0, self.device, self.backend)
 
-    def _anchor(self, decoded: list[np.ndarray], rgb: np.ndarray) -> list[float] | None:
-        """The MSE of layers 1..l of ``decoded`` against ``rgb``, per l; None for a frame
-        drawn (nearly) perfectly, a black or flat one, whose zero MSE would make every bit
-        of the P-frames after it free: those take the running MSE, and the first of them
-        anchors the GOP."""
-        levels = [mse(self._render(decoded[:l]), rgb) for l in range(1, len(decoded) + 1)]
+    def _level_mse(self, decoded: list[np.ndarray], rgb: np.ndarray) -> list[float]:
+        """Per l, the MSE of layers 1..l of ``decoded`` against ``rgb`` (the last: all layers)."""
+        return [mse(self._render(decoded[:l]), rgb) for l in range(1, len(decoded) + 1)]
+
+    def _anchor(self, levels: list[float]) -> list[float] | None:
+        """The distortion P-frames price their bits against (``_level_mse`` of the GOP's
+        I-frame); None for a frame drawn (nearly) perfectly, a black or flat one, whose
+        zero MSE would make every bit of the P-frames after it free: those take the
+        running MSE, and the first of them anchors the GOP."""
         return None if psnr_from_mse(levels[-1]) >= self.settings.train.plateau_psnr_db else levels
 
     def intra(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
@@ -326,12 +329,13 @@ class _Encoder:
                 else:
                     ftype = FRAME_P
                     if self.rate_mse is None:
-                        self.rate_mse = self._anchor(decoded, rgb)
+                        self.rate_mse = self._anchor(self._level_mse(decoded, rgb))
         if chunks is None:
             chunks, decoded = self.intra(rgb)
             self.since_i = 0
-            value = self.gop_psnr = psnr(self._render(decoded), rgb)
-            self.rate_mse = self._anchor(decoded, rgb)
+            levels = self._level_mse(decoded, rgb)  # its last is the whole frame's: one render fewer
+            value = self.gop_psnr = psnr_from_mse(levels[-1])
+            self.rate_mse = self._anchor(levels)
         self.since_i += 1
         self.reference = decoded
         chunks = [LayerChunk(c.layer, c.count, c.data, frame=index, reference=c.reference) for c in chunks]
