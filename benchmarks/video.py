@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--skip-all-intra", action="store_true")
     ap.add_argument("--all-intra-scale", type=float, default=1.0,
                     help="Gaussian counts of the all-I encode, as a share of the default (e.g. 0.33)")
+    ap.add_argument("--no-global-motion", action="store_true",
+                    help="P-frames predict from the unmoved previous frame (CodingStructure.global_motion)")
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--all-intra-from", metavar="JSON",
                     help="take the all-I half from an earlier run's --json (same clip, frames, size and "
@@ -170,9 +172,11 @@ def main() -> None:
     print(f"{args.video}: {len(frames)} frames at {w}x{h}, {float(info.fps):.3f} fps, preset {args.preset}"
           + (f", calib {cal:.3f} s" if cal else ""), flush=True)
     settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
-    results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal}
+    results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal,
+               "p_rate_slope": args.p_rate_slope, "global_motion": not args.no_global_motion}
     print("P-frame coding (default, GOP 30):", flush=True)
-    results["gsvc"] = encode(frames, info.fps, settings, CodingStructure(rate_slope=args.p_rate_slope))
+    structure = CodingStructure(rate_slope=args.p_rate_slope, global_motion=not args.no_global_motion)
+    results["gsvc"] = encode(frames, info.fps, settings, structure)
     if args.all_intra_from:
         earlier = json.loads(Path(args.all_intra_from).read_text())
         same = {k: earlier.get(k) for k in ("frames", "size", "preset")}

@@ -119,6 +119,24 @@ def _write_uvarints(values: np.ndarray) -> bytes:
     return (groups | (more << 7)).astype(np.uint8).tobytes()
 
 
+def write_svarints(values) -> bytes:
+    """Signed integers (each in [-2**31, 2**31)) as zigzag LEB128 varints, back to back."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size and (values.min() < INT32_MIN or values.max() > INT32_MAX):
+        raise ValueError("a signed varint must fit in int32")
+    return _write_uvarints((values << 1) ^ (values >> 63))
+
+
+def read_svarints(payload: bytes, pos: int, n: int, what: str) -> tuple[np.ndarray, int]:
+    """``n`` zigzag LEB128 varints (``write_svarints``) from ``payload[pos:]``: int64
+    values, end position; a short or overlong field is a StreamError naming ``what``."""
+    try:
+        raw, end = _read_uvarints(payload, pos, n)
+    except StreamError:
+        raise StreamError(f"corrupt stream: {what} runs past the end of its chunk or is too long") from None
+    return (raw >> 1) ^ -(raw & 1), end
+
+
 def _read_uvarints(payload: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
     """``n`` unsigned LEB128 varints from ``payload[pos:]``: int64 values, end position.
 

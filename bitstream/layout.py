@@ -29,7 +29,10 @@ LAYER = b"LAYR"
 REF_INTRA = 0
 #: video P-frames: the layer is predicted from the same layer of the previous frame
 REF_PREVIOUS = 1
-REFERENCES = (REF_INTRA, REF_PREVIOUS)
+#: video P-frames: predicted from the same layer of the previous frame moved by a global
+#: motion (a camera pan and zoom) that the payload carries first (FORMAT.md, section 7.4)
+REF_MOVED = 2
+REFERENCES = (REF_INTRA, REF_PREVIOUS, REF_MOVED)
 
 #: quantizer steps in a header: one per Gaussian parameter (FORMAT.md, section 3)
 NUM_STEPS = 8

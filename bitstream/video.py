@@ -25,7 +25,7 @@ from .container import (
     write_chunk,
     write_signature,
 )
-from .layout import HEADER, KIND_VIDEO, LAYER, REF_INTRA, REF_PREVIOUS, Header, LayerChunk
+from .layout import HEADER, KIND_VIDEO, LAYER, REF_INTRA, REF_MOVED, REF_PREVIOUS, Header, LayerChunk
 from .limits import MAX_CHUNK, MAX_FPS, MAX_FRAMES
 
 VIDEO_HEADER = b"VHDR"
@@ -192,11 +192,11 @@ class VideoStream:
         chunk = self._frame_chunk(t, offset)
         offset = chunk.offset + chunk.size
         fh = self._frame_header(t, chunk)
-        reference = REF_INTRA if fh.type == FRAME_I else REF_PREVIOUS
+        references = (REF_INTRA,) if fh.type == FRAME_I else (REF_PREVIOUS, REF_MOVED)
         layers = []
         for l, size in enumerate(fh.sizes, start=1):
             if l <= self.max_layers:
-                layers.append(self._layer(t, l, size, reference, offset))
+                layers.append(self._layer(t, l, size, references, offset))
             else:
                 skip_bytes(self.src, size)  # not read: the decoder does not need it
             offset += size
@@ -225,7 +225,7 @@ class VideoStream:
             raise StreamError("corrupt stream: the first frame is not an I-frame")
         return fh
 
-    def _layer(self, t: int, l: int, size: int, reference: int, offset: int) -> LayerChunk:
+    def _layer(self, t: int, l: int, size: int, references: tuple[int, ...], offset: int) -> LayerChunk:
         """Layer l of frame t: a ``LAYR`` chunk of ``size`` file bytes at ``offset``."""
         chunk = read_chunk(self.src, offset)
         if chunk is None:
@@ -233,7 +233,7 @@ class VideoStream:
         if chunk.type != LAYER or chunk.size != size:
             raise StreamError(f"corrupt stream: layer {l} of frame {t} does not match its frame header")
         layer = LayerChunk.unpack(chunk.payload)
-        if (layer.frame, layer.layer, layer.reference) != (t, l, reference):
+        if (layer.frame, layer.layer) != (t, l) or layer.reference not in references:
             raise StreamError(f"corrupt stream: layer chunk {l} of frame {t} is out of order")
         if layer.count > self.header.counts[l - 1]:
             raise StreamError(f"corrupt stream: layer {l} of frame {t} exceeds the header's count")

@@ -739,9 +739,13 @@ def info(input, as_json):
     _print_table([(row, None) for row in data["layers"]])
     if data["kind"] == "video":
         click.echo(f"{'frame':>5} {'type':>4} " + " ".join(f"{'L' + str(i + 1) + ' bytes':>9}"
-                                                       for i in range(len(data['layers']))))
+                                                       for i in range(len(data['layers'])))
+                   + "  camera (moved layers)")
         for f in frames:
-            click.echo(f"{f['index']:>5} {f['type']:>4} " + " ".join(f"{b:>9}" for b in f["bytes"]))
+            motion = f.get("motion")
+            camera = (f"  pan {motion['pan'][0]:+.2f},{motion['pan'][1]:+.2f} px, zoom {motion['zoom']:.4f}"
+                      if motion else "")
+            click.echo(f"{f['index']:>5} {f['type']:>4} " + " ".join(f"{b:>9}" for b in f["bytes"]) + camera)
 
 
 def _parse_frame_range(ctx, param, text: str | None) -> tuple[int, int | None] | None:

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from bitstream import FORMAT_VERSION, StreamError
-from bitstream.layout import KIND_IMAGE, KIND_VIDEO, KINDS, Stream, read_stream
+from bitstream.layout import KIND_IMAGE, KIND_VIDEO, KINDS, REF_MOVED, Stream, read_stream
 from bitstream.limits import MAX_PIXELS
 from bitstream.video import FRAME_I, VideoFrame, VideoStream, open_video as _open_video, peek_kind
 
@@ -373,7 +373,8 @@ class VideoReader:
                     q = [decode_intra(c.data, c.count, coder) for c in frame.layers]
                 else:
                     assert reference is not None  # the stream reader rejects a P first frame
-                    q = [decode_predicted(c.data, ref, c.count, coder) for c, ref in zip(frame.layers, reference)]
+                    q = [decode_predicted(c.data, ref, c.count, coder, moved=c.reference == REF_MOVED)
+                         for c, ref in zip(frame.layers, reference)]
             except StreamError as e:
                 raise _named(self._source, StreamError(f"frame {frame.header.frame}: {e}")) from None
             reference = q
@@ -403,6 +404,21 @@ def decode_video(source: Source, layers: int | None = None, scale: float = 1.0,
     """Every frame of a video stream, decoded at ``layers`` layers (convenience: in memory)."""
     with open_video(source, layers) as reader:
         return [f.rgb for f in reader.frames(scale, device, backend, size)]
+
+
+def _motion_info(layer, header) -> dict:
+    """A moved layer's global motion as a user reads it: how far the picture's centre
+    moves (pixels, x and y) and the zoom factor."""
+    from .layer_codec import ZOOM_ONE, GlobalMotion
+
+    try:
+        m, _ = GlobalMotion.read(layer.data)
+    except StreamError as e:
+        raise GsvcError(f"frame {layer.frame}: {e}") from None
+    zoom = m.zoom / ZOOM_ONE
+    pan = [m.tx * header.steps[0] + (zoom - 1.0) * header.width / 2.0,
+           m.ty * header.steps[1] + (zoom - 1.0) * header.height / 2.0]
+    return {"pan": pan, "zoom": zoom}
 
 
 def stream_info(source: Source) -> dict:
@@ -467,8 +483,11 @@ def _video_info(source: Source) -> dict:
             totals = [a + b for a, b in zip(totals, sizes)]
             gaussians = [c.count for c in frame.layers]
             counts_max = [max(a, b) for a, b in zip(counts_max, gaussians)]
-            frame_list.append({"index": frame.header.frame, "type": frame.type, "bytes": sizes,
-                               "gaussians": gaussians})
+            entry = {"index": frame.header.frame, "type": frame.type, "bytes": sizes, "gaussians": gaussians,
+                     "moved": [c.reference == REF_MOVED for c in frame.layers]}
+            if any(entry["moved"]):
+                entry["motion"] = _motion_info(frame.layers[entry["moved"].index(True)], hdr)
+            frame_list.append(entry)
         frames = len(frame_list)
         pixels = hdr.width * hdr.height * max(1, frames)
         out = _info(hdr, reader.stream.header_bytes, list(hdr.counts), totals, pixels)

@@ -12,6 +12,8 @@ symbol streams of a layer chunk's payload (FORMAT.md sections 3 and 7):
   (M Gaussians), a keep flag per reference Gaussian, the differences of the K kept
   ones (reference order), then N - K new Gaussians coded as an intra layer. The
   decoded layer is the kept Gaussians in reference order followed by the new ones.
+  A **moved** predicted layer (reference 2) first moves the reference by a global
+  motion (``GlobalMotion``: a camera pan and zoom) written ahead of it.
 
 Every ``encode_*`` returns the payload and the layer exactly as the decoder will see
 it, so an encoder keeps the decoder's view as the next frame's reference. Every
@@ -24,9 +26,11 @@ import struct
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from bitstream import StreamError, decode_streams, encode_streams
 from bitstream.container import check_range
-from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2
+from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2, read_svarints, write_svarints
 
 NPARAMS = 8
 #: the coder new streams are written with (coder-1 streams keep decoding)
@@ -76,14 +80,65 @@ def decode_intra(payload: bytes, count: int, coder: int) -> np.ndarray:  # -> [c
     return _from_intra_streams(decode_streams(payload, [count] * NPARAMS), coder)
 
 
+#: ``GlobalMotion.zoom`` of no zoom (the zoom is in units of 2^-16)
+ZOOM_ONE = 1 << 16
+#: zooms a moved layer may carry (0.5x .. 2x per frame), ``GlobalMotion.ds`` bound
+ZOOM_RANGE = (ZOOM_ONE // 2, 2 * ZOOM_ONE)
+DS_LIMIT = 1 << 15
+
+
+@dataclass(frozen=True)
+class GlobalMotion:
+    """How a moved predicted layer (reference 2, FORMAT.md section 7.4) moves its
+    reference before the differences apply, in integers both sides compute alike:
+    ``x' = tx + floor((x * zoom + 2^15) / 2^16)``, ``y'`` likewise, ``a' = a + ds``,
+    ``b' = b + ds`` (x, y in position steps; a, b in log-scale steps; r and colours
+    unchanged). A zoom about the picture's centre is folded into tx, ty."""
+
+    tx: int = 0
+    ty: int = 0
+    zoom: int = ZOOM_ONE
+    ds: int = 0
+
+    @property
+    def identity(self) -> bool:
+        return (self.tx, self.ty, self.zoom, self.ds) == (0, 0, ZOOM_ONE, 0)
+
+    def apply(self, q: np.ndarray) -> np.ndarray:  # [M, 8] -> [M, 8]
+        out = np.array(q, dtype=np.int64, copy=True).reshape(-1, NPARAMS)
+        half = ZOOM_ONE >> 1
+        out[:, 0] = self.tx + ((out[:, 0] * self.zoom + half) >> 16)
+        out[:, 1] = self.ty + ((out[:, 1] * self.zoom + half) >> 16)
+        out[:, 2:4] += self.ds
+        return out
+
+    def to_bytes(self) -> bytes:
+        return write_svarints([self.tx, self.ty, self.zoom - ZOOM_ONE, self.ds])
+
+    @classmethod
+    def read(cls, payload: bytes, pos: int = 0) -> tuple["GlobalMotion", int]:
+        """The motion at ``payload[pos:]`` (range-checked) and the position after it."""
+        (tx, ty, dzoom, ds), end = read_svarints(payload, pos, 4, "the global motion of a moved layer")
+        check_range("zoom of a moved layer", int(dzoom) + ZOOM_ONE, *ZOOM_RANGE)
+        check_range("size change of a moved layer", int(ds), -DS_LIMIT, DS_LIMIT)
+        return cls(int(tx), int(ty), int(dzoom) + ZOOM_ONE, int(ds)), end
+
+
 def encode_predicted(
     reference: np.ndarray,  # [M, 8] the same layer of the previous decoded frame
     keep: np.ndarray,  # [M] bool
     kept: np.ndarray,  # [K, 8] new values of the kept Gaussians, reference order
     new: np.ndarray,  # [N - K, 8] Gaussians added in this frame
     coder: int,
+    motion: GlobalMotion | None = None,
 ) -> tuple[bytes, np.ndarray]:
-    """Payload of a predicted layer and the decoder's view ([K + (N - K), 8])."""
+    """Payload of a predicted layer and the decoder's view ([K + (N - K), 8]).
+
+    ``motion``: a moved layer (reference 2): ``reference`` is the previous frame's layer
+    as decoded, and the differences of ``kept`` are to it after ``motion.apply``."""
+    if motion is not None:
+        payload, q = encode_predicted(motion.apply(reference), keep, kept, new, coder)
+        return motion.to_bytes() + payload, q
     keep = np.asarray(keep, dtype=bool)
     assert keep.shape == (reference.shape[0],) and kept.shape == (int(keep.sum()), NPARAMS), (
         keep.shape, kept.shape, reference.shape)
@@ -95,7 +150,13 @@ def encode_predicted(
     return payload, np.concatenate([kept, new], axis=0)
 
 
-def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int) -> np.ndarray:  # -> [count, 8]
+def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int,
+                     moved: bool = False) -> np.ndarray:  # -> [count, 8]
+    """A predicted layer; ``moved``: a moved one (reference 2), whose payload starts
+    with its ``GlobalMotion``."""
+    if moved:
+        motion, pos = GlobalMotion.read(payload)
+        return decode_predicted(payload[pos:], motion.apply(reference), count, coder)
     if len(payload) < 4:
         raise StreamError("corrupt stream: predicted layer too short")
     (k,) = struct.unpack_from(">I", payload, 0)

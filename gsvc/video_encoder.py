@@ -14,14 +14,18 @@
   change does not pay for itself stay exactly unchanged. Each layer
   codes the deadzone-quantized differences to the reference
   (``layer_codec.encode_predicted``); unchanged values cost next to nothing under the
-  zero-inflated geometric entropy model. A layer whose differences cost more than
+  zero-inflated geometric entropy model. When the camera pans or zooms, the reference
+  is first moved by the frame's global motion (``motion.estimate_global_motion``; a
+  moved layer, FORMAT.md section 7.4), so Gaussians that merely follow the camera
+  cost nothing either. A layer whose differences cost more than
   coding its Gaussians afresh is coded afresh. Gaussians that draw nothing (colour
   quantized to zero, or wholly off the picture) are dropped; optionally
   (``refresh_share``) as many new ones are placed where the reference misses.
 * **Drift-free layers:** layer l of a P-frame is predicted only from layer l of the
   previous decoded frame, so a k-layer decoder needs layers 1..k of every frame and
   sees exactly what the encoder saw for k layers.
-* **Scene cuts:** a frame whose reference renders it below ``cut_psnr`` dB, or whose
+* **Scene cuts:** a frame whose reference (moved by the global motion) renders it
+  below ``cut_psnr`` dB, or whose
   P-frame falls more than ``cut_drop_db`` below the GOP's I-frame, is coded as an
   I-frame instead (no smeared P-frame survives).
 
@@ -36,6 +40,7 @@ GOPs (``scale_out.Schedule.window``).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -46,15 +51,16 @@ import torch
 from torch import Tensor
 
 from bitstream import Header, LayerChunk
-from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
+from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
 from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
 
 from .decoder import render_layers
 from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
 from .errors import GsvcError
 from .init import init_enhancement_layer
-from .layer_codec import encode_predicted
+from .layer_codec import GlobalMotion, encode_predicted
 from .metrics import mse, psnr, psnr_from_mse
+from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
 from .quantize import dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
 from .render import render
@@ -106,6 +112,12 @@ class CodingStructure:
     shrink: float = 0.2
     #: differences below 0.5 + deadzone quantizer steps code as "unchanged"
     deadzone: float = 0.2
+    #: P-frames move their reference by the frame's global motion (a camera pan and zoom)
+    #: before predicting from it, when that motion removes at least ``motion_gain`` of
+    #: the luma MSE between the previous decoded frame and the new one. On a pan over a
+    #: photo: 32 % fewer P-frame bytes and +0.3 dB (docs/results.md)
+    global_motion: bool = True
+    motion_gain: float = 0.1
     #: a reference rendering the new frame below this PSNR (dB) marks a scene cut
     cut_psnr: float = 18.0
     #: a P-frame this far (dB) below its GOP's I-frame is re-coded as an I-frame
@@ -252,14 +264,28 @@ class _Encoder:
         model.layers = pruned
         return code_intra_layers(model, self.steps, self.settings.coder, geometric=True)
 
-    def predicted(self, rgb: np.ndarray) -> tuple[list[LayerChunk], list[np.ndarray]]:
+    def _motion(self, previous: np.ndarray, rgb: np.ndarray) -> tuple[GlobalMotion | None, float]:
+        """The global motion P-frame layers are moved by (None: none pays) and the luma
+        PSNR of the previous decoded frame moved by it (-inf without one)."""
+        if not self.structure.global_motion:
+            return None, -math.inf
+        estimate = estimate_global_motion(previous, rgb)
+        if estimate.gain >= self.structure.motion_gain:
+            motion = to_global_motion(estimate, self.width, self.height, self.steps)
+            if not motion.identity:
+                return motion, psnr_from_mse(estimate.mse)
+        return None, -math.inf
+
+    def predicted(self, rgb: np.ndarray, motion: GlobalMotion | None = None) -> tuple[list[LayerChunk], list[np.ndarray]]:
         s = self.structure
         assert self.reference is not None
         target = to_tensor(rgb, self.device)
         cpu_target = target.to("cpu")
-        ref_layers = [dequantize(q, self.steps) for q in self.reference]
+        # the reference as the decoder moves it: what the differences are taken to
+        moved = [motion.apply(q) for q in self.reference] if motion else self.reference
+        ref_layers = [dequantize(q, self.steps) for q in moved]
         starts, keeps, bases = [], [], []
-        for l, (q, layer) in enumerate(zip(self.reference, ref_layers)):
+        for l, (q, layer) in enumerate(zip(moved, ref_layers)):
             keep = _draws_something(layer, self.width, self.height, self.steps[5])
             kept = layer.select(keep)
             # as many new Gaussians as were dropped (at most refresh_share of the layer),
@@ -296,19 +322,20 @@ class _Encoder:
             plateau_window=s.plateau_window,
         )
         chunks, decoded = [], []
-        for l, (layer, keep, q_ref) in enumerate(zip(trained, keeps, self.reference), start=1):
+        for l, (layer, keep, q_ref, q_moved) in enumerate(zip(trained, keeps, self.reference, moved), start=1):
             layer = layer.to("cpu")
             k = int(keep.sum())
             head, tail = layer.select(slice(None, k)), layer.select(slice(k, None))
-            kept_q = quantize_residual(head, q_ref[keep], self.steps, s.deadzone)
+            kept_q = quantize_residual(head, q_moved[keep], self.steps, s.deadzone)
             coder = self.settings.coder
-            payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps), coder)
+            payload, q = encode_predicted(q_ref, keep, kept_q, quantize_ints(tail, self.steps), coder, motion)
+            reference = REF_MOVED if motion else REF_PREVIOUS
             # where motion is wild, coding every Gaussian afresh (keep none) can be cheaper
             fresh = encode_predicted(q_ref, np.zeros(len(q_ref), bool), np.zeros((0, 8), np.int64),
                                      quantize_ints(layer, self.steps), coder)
             if len(fresh[0]) < len(payload):
-                payload, q = fresh
-            chunks.append(LayerChunk(layer=l, count=q.shape[0], data=payload, reference=REF_PREVIOUS))
+                (payload, q), reference = fresh, REF_PREVIOUS
+            chunks.append(LayerChunk(layer=l, count=q.shape[0], data=payload, reference=reference))
             decoded.append(q)
         return chunks, decoded
 
@@ -319,10 +346,14 @@ class _Encoder:
         chunks = decoded = None
         ftype = FRAME_I
         if self.reference is not None and self.since_i < s.gop:
-            if psnr(self._render(self.reference), rgb) < s.cut_psnr:
+            previous = self._render(self.reference)
+            motion, moved_psnr = self._motion(previous, rgb)
+            # a cut: the previous frame draws the new one badly, moved or not (a fast pan
+            # is no cut)
+            if psnr(previous, rgb) < s.cut_psnr and moved_psnr < s.cut_psnr:
                 cut = True
             else:
-                chunks, decoded = self.predicted(rgb)
+                chunks, decoded = self.predicted(rgb, motion)
                 value = psnr(self._render(decoded), rgb)
                 if value < self.gop_psnr - s.cut_drop_db:
                     cut, chunks, decoded = True, None, None

@@ -17,6 +17,8 @@ DATA = Path(__file__).resolve().parent / "data"
 STEPS = QuantSettings(position_step=1 / 16, shear_step=1 / 32).steps()
 #: coder id -> (image stream, video stream) file names
 FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gsv")}
+#: a video whose P-frames move their layers (reference 2, FORMAT.md section 7.4), coder 2
+MOVED = "tiny_video_moved.gsv"
 
 
 def tiny_model() -> LayeredImage:
@@ -79,6 +81,47 @@ def tiny_video(coder: int = 1) -> bytes:
     return out.getvalue()
 
 
+def tiny_video_moved() -> bytes:
+    """3 frames of 16x12 pixels, 2 layers, coder 2: the tiny model as an I-frame, then
+    two P-frames whose layers are moved (a pan right and down with a 3 % zoom, layer 1
+    also recoloured; then a pan back with a 10 % zoom-out that shrinks the sizes by one
+    step), the second frame's layer 2 predicted without motion."""
+    import io
+
+    import numpy as np
+
+    from bitstream import Header, LayerChunk
+    from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
+    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
+    from gsvc.encoder import code_intra_layers
+    from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, encode_predicted
+
+    model = tiny_model()
+    out = io.BytesIO()
+    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=2)
+    writer = VideoWriter(out, header, VideoHeader(0, 25, 1, 30))
+    chunks, reference = code_intra_layers(model, STEPS, 2, geometric=True)
+    writer.write_frame(FRAME_I, chunks)
+    motions = [[GlobalMotion(8, 5, ZOOM_ONE + 2000, 0), GlobalMotion(8, 5, ZOOM_ONE + 2000, 0)],
+               [GlobalMotion(-20, 11, ZOOM_ONE - 6554, -3), None]]
+    for t, frame_motions in enumerate(motions, start=1):
+        chunks, decoded = [], []
+        for l, (ref, motion) in enumerate(zip(reference, frame_motions), start=1):
+            moved = motion.apply(ref) if motion else ref
+            change = np.zeros_like(moved)
+            if t == 1 and l == 1:
+                change[:, 5] = 4  # redder
+            payload, q = encode_predicted(ref, np.ones(len(ref), bool), moved + change, np.zeros((0, 8), int), 2,
+                                          motion)
+            chunks.append(LayerChunk(l, q.shape[0], payload, frame=t,
+                                     reference=REF_MOVED if motion else REF_PREVIOUS))
+            decoded.append(q)
+        writer.write_frame(FRAME_P, chunks)
+        reference = decoded
+    writer.finish()
+    return out.getvalue()
+
+
 if __name__ == "__main__":
     import numpy as np
 
@@ -96,3 +139,7 @@ if __name__ == "__main__":
         frames = np.concatenate(decode_video(video, backend="torch"), axis=0)
         write_image(DATA / video_name.replace(".gsv", ".png"), frames)
         print(f"wrote {DATA / video_name} ({len(video)} bytes) and its .png (frames stacked)")
+    moved = tiny_video_moved()
+    (DATA / MOVED).write_bytes(moved)
+    write_image(DATA / MOVED.replace(".gsv", ".png"), np.concatenate(decode_video(moved, backend="torch"), axis=0))
+    print(f"wrote {DATA / MOVED} ({len(moved)} bytes) and its .png (frames stacked)")

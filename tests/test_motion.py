@@ -1,0 +1,187 @@
+"""Global motion: its estimate, its integer form in the stream, moved P-frame layers."""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from bitstream import StreamError
+from bitstream.entropy import write_svarints
+from bitstream.layout import REF_MOVED, REF_PREVIOUS
+from gsvc.decoder import decode_video, open_video, stream_info
+from gsvc.encoder import EncodeSettings
+from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, decode_predicted, encode_predicted
+from gsvc.metrics import psnr
+from gsvc.motion import MotionEstimate, estimate_global_motion, to_global_motion
+from gsvc.train import TrainSettings
+from gsvc.video_encoder import CodingStructure, encode_video
+
+
+def texture(width: int, height: int, tx: float = 0.0, ty: float = 0.0, zoom: float = 1.0,
+            seed: int = 0) -> np.ndarray:  # [H, W, 3] uint8
+    """A smooth random picture seen through a camera moved by (tx, ty) and zoomed about
+    the centre: pixel p shows the scene at (p - C - t) / zoom + C."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    cx, cy = rng.uniform(-0.2, 1.2, n) * width, rng.uniform(-0.2, 1.2, n) * height
+    sigma = rng.uniform(0.04, 0.12, n) * min(width, height)
+    colour = rng.uniform(-0.5, 0.5, (n, 3))
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    sx = (xs - width / 2 - tx) / zoom + width / 2
+    sy = (ys - height / 2 - ty) / zoom + height / 2
+    img = np.full((height, width, 3), 0.5)
+    for i in range(n):
+        g = np.exp(-((sx - cx[i]) ** 2 + (sy - cy[i]) ** 2) / (2 * sigma[i] ** 2))
+        img += g[..., None] * colour[i]
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(160, 120), (800, 600)])  # the second is estimated downscaled
+def test_a_pan_and_zoom_are_recovered(size):
+    w, h = size
+    scale = w / 160  # the same motion relative to the picture at both sizes
+    prev = texture(w, h)
+    cur = texture(w, h, 2.3 * scale, -1.4 * scale, 1.02)
+    est = estimate_global_motion(prev, cur)
+    assert est.tx == pytest.approx(2.3 * scale, abs=0.08 * scale)
+    assert est.ty == pytest.approx(-1.4 * scale, abs=0.08 * scale)
+    assert est.zoom == pytest.approx(1.02, abs=1e-3)
+    assert est.gain > 0.8, est
+    assert estimate_global_motion(prev, cur) == est  # deterministic
+
+
+def test_a_still_picture_has_no_motion():
+    rng = np.random.default_rng(1)
+    prev = texture(96, 64)
+    noisy = np.clip(prev.astype(int) + rng.integers(-3, 4, prev.shape), 0, 255).astype(np.uint8)
+    est = estimate_global_motion(prev, noisy)
+    assert abs(est.tx) < 0.05 and abs(est.ty) < 0.05 and abs(est.zoom - 1) < 1e-3, est
+    assert est.gain < 0.05 < CodingStructure.motion_gain, est  # so the encoder moves nothing
+
+
+def test_integer_motion_moves_the_reference_as_specified():
+    q = np.array([[100, -37, 5, -2, 3, 10, 20, 30], [0, 0, 0, 0, 0, 0, 0, 0]], np.int64)
+    m = GlobalMotion(tx=-7, ty=12, zoom=ZOOM_ONE + 1000, ds=-1)
+    out = m.apply(q)
+    for row_in, row_out in zip(q, out):
+        assert row_out[0] == -7 + (int(row_in[0]) * (ZOOM_ONE + 1000) + ZOOM_ONE // 2) // ZOOM_ONE
+        assert row_out[1] == 12 + (int(row_in[1]) * (ZOOM_ONE + 1000) + ZOOM_ONE // 2) // ZOOM_ONE
+        assert list(row_out[2:4]) == [row_in[2] - 1, row_in[3] - 1]
+        assert list(row_out[4:]) == list(row_in[4:])
+    np.testing.assert_array_equal(GlobalMotion().apply(q), q)
+    assert GlobalMotion().identity and not m.identity
+    # a zoom about the centre folds into the translation: the centre stays put
+    steps = (1 / 8, 1 / 8, 1 / 32, 1 / 32, 1 / 16, 1 / 128, 1 / 128, 1 / 128)
+    zoomed = to_global_motion(MotionEstimate(0.0, 0.0, 1.1, 0.0, 1.0), 64, 48, steps)
+    centre = np.array([[256, 192, 0, 0, 0, 0, 0, 0]])  # (32, 24) px
+    assert abs(zoomed.apply(centre)[0, 0] - 256) <= 1 and abs(zoomed.apply(centre)[0, 1] - 192) <= 1
+    assert zoomed.ds == round(np.log(zoomed.zoom / ZOOM_ONE) * 32) == 3
+
+
+@pytest.mark.parametrize("motion", [GlobalMotion(), GlobalMotion(5, -3, ZOOM_ONE - 77, 2),
+                                    GlobalMotion(-(2**31) + 1, 2**31 - 1, ZOOM_ONE // 2, -(2**15)),
+                                    GlobalMotion(0, 0, 2 * ZOOM_ONE, 2**15)])
+def test_moved_layers_round_trip(motion):
+    rng = np.random.default_rng(3)
+    ref = rng.integers(-500, 500, (30, 8))
+    keep = rng.random(30) < 0.7
+    kept = motion.apply(ref)[keep] + rng.integers(-2, 3, (int(keep.sum()), 8)) * (rng.random((int(keep.sum()), 8)) < 0.3)
+    new = rng.integers(-100, 100, (4, 8))
+    payload, q = encode_predicted(ref, keep, kept, new, 2, motion)
+    np.testing.assert_array_equal(decode_predicted(payload, ref, len(q), 2, moved=True), q)
+    np.testing.assert_array_equal(q[: int(keep.sum())], kept)
+    # the motion costs a few bytes in front of the unmoved layout
+    plain, _ = encode_predicted(motion.apply(ref), keep, kept, new, 2)
+    assert payload.endswith(plain) and len(payload) - len(plain) <= 5 + 5 + 3 + 3
+
+
+def test_corrupt_motion_is_caught():
+    ref = np.zeros((3, 8), np.int64)
+    payload, q = encode_predicted(ref, np.ones(3, bool), ref, np.zeros((0, 8)), 2, GlobalMotion(1, 1))
+    for bad in (b"", b"\x80\x80", payload[:2]):
+        with pytest.raises(StreamError):
+            decode_predicted(bad, ref, 3, 2, moved=True)
+    assert payload[:4] == GlobalMotion(1, 1).to_bytes()  # four one-byte varints
+    with pytest.raises(StreamError, match="zoom"):  # 4x: outside the format's range
+        decode_predicted(write_svarints([1, 1, 3 * ZOOM_ONE, 0]) + payload[4:], ref, 3, 2, moved=True)
+
+
+def panning_clip(frames: int = 6, width: int = 64, height: int = 48) -> np.ndarray:
+    """A camera pan (1.5 and -0.75 pixels a frame) over a smooth scene."""
+    return np.stack([texture(width, height, -1.5 * t, 0.75 * t, seed=4) for t in range(frames)])
+
+
+def _moved_layers(data: bytes) -> list[list[int]]:
+    with open_video(data) as reader:
+        return [[c.reference for c in frame.layers] for frame in reader.chunks()]
+
+
+def test_a_pan_is_coded_as_moved_layers_in_fewer_bytes():
+    clip = panning_clip()
+    settings = EncodeSettings(gaussians=(40, 20, 20), train=TrainSettings(iterations=240, seed=0), device="cpu")
+    coded = {}
+    for on in (True, False):
+        out, reports = io.BytesIO(), []
+        structure = CodingStructure(p_share=0.3, global_motion=on, cut_drop_db=99.0)  # P-frames only
+        encode_video(iter(clip), out, 64, 48, Fraction(12), settings, structure, on_frame=reports.append)
+        coded[on] = out.getvalue(), reports
+    data, reports = coded[True]
+    refs = _moved_layers(data)
+    assert [r.type for r in reports] == ["I"] + ["P"] * 5
+    assert sum(r == REF_MOVED for frame in refs[1:] for r in frame) >= 10, refs
+    assert all(r in (REF_PREVIOUS,) for frame in _moved_layers(coded[False][0])[1:] for r in frame)
+    p_bytes = {on: sum(sum(r.bytes) for r in rep[1:]) for on, (_, rep) in coded.items()}
+    mean = {on: np.mean([r.psnr for r in rep[1:]]) for on, (_, rep) in coded.items()}
+    # fewer bytes for a better picture (tiny pictures pay mostly for colours: larger
+    # ones save more, docs/results.md)
+    assert p_bytes[True] < 0.97 * p_bytes[False], p_bytes
+    assert mean[True] > mean[False] + 0.3, mean
+    # the decoder moves the reference exactly as the encoder did: the reported PSNRs
+    for report, frame, source in zip(reports, decode_video(data), clip):
+        assert report.psnr == pytest.approx(psnr(frame, source), abs=1e-9)
+
+
+
+def test_golden_moved_video_bytes_and_pixels():
+    """tests/data/tiny_video_moved.gsv pins reference 2 (FORMAT.md section 7.4)."""
+    from golden import DATA, MOVED, tiny_video_moved
+
+    from gsvc.media import read_image
+
+    golden = (DATA / MOVED).read_bytes()
+    assert tiny_video_moved() == golden
+    assert _moved_layers(golden) == [[0, 0], [REF_MOVED, REF_MOVED], [REF_MOVED, REF_PREVIOUS]]
+    expected = read_image(DATA / MOVED.replace(".gsv", ".png"))
+    for backend in ("torch", None):
+        np.testing.assert_array_equal(np.concatenate(decode_video(golden, backend=backend), axis=0), expected)
+    with open_video(golden) as reader:
+        models = [q for _, q in reader.models()]
+    first = GlobalMotion(8, 5, ZOOM_ONE + 2000, 0).apply(models[0][0])
+    first[:, 5] += 4
+    np.testing.assert_array_equal(models[1][0], first)
+    np.testing.assert_array_equal(models[2][1], GlobalMotion(8, 5, ZOOM_ONE + 2000, 0).apply(models[0][1]))
+    # info reports the camera: the centre (8, 6) px moves by t + (zoom - 1) * centre
+    frames = stream_info(golden)["frame_list"]
+    assert [f["moved"] for f in frames] == [[False, False], [True, True], [True, False]]
+    assert "motion" not in frames[0]
+    zoom = (ZOOM_ONE + 2000) / ZOOM_ONE
+    assert frames[1]["motion"]["zoom"] == pytest.approx(zoom)
+    assert frames[1]["motion"]["pan"] == pytest.approx([8 / 16 + (zoom - 1) * 8, 5 / 16 + (zoom - 1) * 6])
+
+
+def test_a_moved_layer_in_an_i_frame_is_rejected():
+    from bitstream import Header, LayerChunk
+    from bitstream.layout import KIND_VIDEO
+    from bitstream.video import FRAME_I, VideoHeader, VideoWriter
+    from gsvc.errors import GsvcError
+    from gsvc.layer_codec import encode_intra
+
+    payload, q = encode_intra(np.array([[8, 8, 0, 0, 0, 64, 64, 64]]), 2)
+    out = io.BytesIO()
+    writer = VideoWriter(out, Header(16, 12, (1,), (1 / 8,) * 8, kind=KIND_VIDEO, coder=2), VideoHeader(0, 25, 1, 30))
+    writer.write_frame(FRAME_I, [LayerChunk(1, 1, payload, frame=0, reference=REF_MOVED)])
+    writer.finish()
+    with pytest.raises((StreamError, GsvcError), match="out of order"):
+        decode_video(out.getvalue())
