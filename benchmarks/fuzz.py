@@ -4,8 +4,8 @@
                               [--timeout 30] [--memory-gib 4] [--failures fuzz-failures]
     python -m benchmarks.fuzz --replay fuzz-failures/case-123.json
 
-Every case starts from a seed stream (the golden tests/data/tiny.gsv and
-tiny_video.gsv, and two synthetic ones whose streams use categorical and geometric
+Every case starts from a seed stream (the golden tests/data/tiny.gsv, tiny_video.gsv
+and tiny_video_moved.gsv, and two synthetic ones whose streams use categorical and geometric
 models), applies one to three mutations at the level of the format's fields (header
 and chunk fields, model descriptors, count tables, coded words, chunk order,
 truncation, bit flips), recomputes the chunk CRCs and, unless a mutation is about
@@ -45,10 +45,11 @@ import numpy as np
 from bitstream import MAGIC, iter_chunks
 from bitstream.container import read_signature
 from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2, MODEL_BINNED, MODEL_CATEGORICAL, MODEL_GEOMETRIC, MODEL_PEAKED
-from bitstream.layout import REF_PREVIOUS
+from bitstream.layout import REF_MOVED, REF_PREVIOUS
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = {"image": ROOT / "tests" / "data" / "tiny.gsv", "video": ROOT / "tests" / "data" / "tiny_video.gsv"}
+GOLDEN = {"image": ROOT / "tests" / "data" / "tiny.gsv", "video": ROOT / "tests" / "data" / "tiny_video.gsv",
+          "video-moved": ROOT / "tests" / "data" / "tiny_video_moved.gsv"}  # P-frames with reference 2
 
 #: outcome classes; the first two are fine, every other one is a failure
 DECODED, CLEAN = "decoded", "clean error"
@@ -144,11 +145,16 @@ def _layer_fields(payload: bytes, previous_counts: dict[int, int]) -> list[Field
     _, layer, reference, count = struct.unpack_from(">IBBI", payload, 0)
     fields = [Field("LAYR.frame", "layer-prefix", 0, ">I"), Field("LAYR.layer", "layer-prefix", 4, ">B"),
               Field("LAYR.reference", "layer-prefix", 5, ">B"), Field("LAYR.count", "layer-prefix", 6, ">I")]
-    if reference == REF_PREVIOUS:
-        (kept,) = struct.unpack_from(">I", payload, 10)
-        fields.append(Field("LAYR.kept", "layer-prefix", 10, ">I"))
+    if reference in (REF_PREVIOUS, REF_MOVED):
+        pos = 10
+        if reference == REF_MOVED:  # the global motion: five zigzag varints (FORMAT.md 7.4)
+            for name in ("tx", "ty", "dzc", "zs", "ds"):
+                fields.append(Field(f"LAYR.motion.{name}", "motion", pos, VARINT))
+                _, pos = _varint_at(payload, pos)
+        (kept,) = struct.unpack_from(">I", payload, pos)
+        fields.append(Field("LAYR.kept", "layer-prefix", pos, ">I"))
         lengths = [previous_counts[layer]] + [kept] * 8 + [count - kept] * 8
-        pos = 14
+        pos += 4
     else:
         lengths, pos = [count] * 8, 10
     previous_counts[layer] = count
@@ -435,7 +441,7 @@ def _splice_payload(pieces: list[Piece], chooser: Chooser) -> bool:
 #: mutations on chunks; "frame-header" mutations keep their FRAM sizes as set
 MUTATIONS: dict[str, Mutation] = {
     kind: _field_mutation(kind)
-    for kind in ("header", "header-counts", "steps", "video-header", "frame-header", "layer-prefix",
+    for kind in ("header", "header-counts", "steps", "video-header", "frame-header", "layer-prefix", "motion",
                  "model-kind", "model-min", "model-size", "count-table", "geometric", "peaked", "binned", "bin-table",
                  "word-count", "words")
 }
@@ -552,7 +558,7 @@ _STEPS = (0.0625, 0.0625, 0.03125, 0.03125, 0.03125, 0.0078125, 0.0078125, 0.007
 @dataclass
 class Case:
     index: int
-    base: str  # a seed_streams() name: "image", "video", "image-rich", "video-rich", "image-v2", "video-v2"
+    base: str  # a seed_streams() name: "image", "video", "video-moved", "image-rich", "video-rich", "image-v2", ...
     data: bytes
     mutations: list[str]
     layers: int | None  # decode request

@@ -743,8 +743,8 @@ def info(input, as_json):
                    + "  camera (moved layers)")
         for f in frames:
             motion = f.get("motion")
-            camera = (f"  pan {motion['pan'][0]:+.2f},{motion['pan'][1]:+.2f} px, zoom {motion['zoom']:.4f}"
-                      if motion else "")
+            camera = (f"  pan {motion['pan'][0]:+.2f},{motion['pan'][1]:+.2f} px, zoom {motion['zoom']:.4f}, "
+                      f"rotation {motion['rotation']:+.3f} deg" if motion else "")
             click.echo(f"{f['index']:>5} {f['type']:>4} " + " ".join(f"{b:>9}" for b in f["bytes"]) + camera)
 
 

@@ -13,7 +13,7 @@ symbol streams of a layer chunk's payload (FORMAT.md sections 3 and 7):
   ones (reference order), then N - K new Gaussians coded as an intra layer. The
   decoded layer is the kept Gaussians in reference order followed by the new ones.
   A **moved** predicted layer (reference 2) first moves the reference by a global
-  motion (``GlobalMotion``: a camera pan and zoom) written ahead of it.
+  motion (``GlobalMotion``: a camera pan, zoom and roll) written ahead of it.
 
 Every ``encode_*`` returns the payload and the layer exactly as the decoder will see
 it, so an encoder keeps the decoder's view as the next frame's reference. Every
@@ -80,48 +80,55 @@ def decode_intra(payload: bytes, count: int, coder: int) -> np.ndarray:  # -> [c
     return _from_intra_streams(decode_streams(payload, [count] * NPARAMS), coder)
 
 
-#: ``GlobalMotion.zoom`` of no zoom (the zoom is in units of 2^-16)
+#: the unit of ``GlobalMotion.zc`` and ``zs`` (zoom times cosine and sine): 2^16 = 1
 ZOOM_ONE = 1 << 16
-#: zooms a moved layer may carry (0.5x .. 2x per frame), ``GlobalMotion.ds`` bound
-ZOOM_RANGE = (ZOOM_ONE // 2, 2 * ZOOM_ONE)
+#: ranges a moved layer's motion may take (FORMAT.md, section 8): zc in 0.5 .. 2, |zs| <= 1
+#: (zoom 0.5x .. 2x, rotation under 60 degrees), |ds| <= 2^15
+ZC_RANGE = (ZOOM_ONE // 2, 2 * ZOOM_ONE)
+ZS_LIMIT = ZOOM_ONE
 DS_LIMIT = 1 << 15
 
 
 @dataclass(frozen=True)
 class GlobalMotion:
     """How a moved predicted layer (reference 2, FORMAT.md section 7.4) moves its
-    reference before the differences apply, in integers both sides compute alike:
-    ``x' = tx + floor((x * zoom + 2^15) / 2^16)``, ``y'`` likewise, ``a' = a + ds``,
-    ``b' = b + ds`` (x, y in position steps; a, b in log-scale steps; r and colours
-    unchanged). A zoom about the picture's centre is folded into tx, ty."""
+    reference before the differences apply, in integers both sides compute alike
+    (x, y in position steps; a, b in log-scale steps; >> an arithmetic shift):
+    ``x' = tx + ((x * zc - y * zs + 2^15) >> 16)``,
+    ``y' = ty + ((x * zs + y * zc + 2^15) >> 16)``, ``a' = a + ds``, ``b' = b + ds``;
+    r and the colours unchanged. (zc, zs) / 2^16 = zoom (cos, sin) of a rotation; a
+    motion about the picture's centre is folded into tx, ty."""
 
     tx: int = 0
     ty: int = 0
-    zoom: int = ZOOM_ONE
+    zc: int = ZOOM_ONE
+    zs: int = 0
     ds: int = 0
 
     @property
     def identity(self) -> bool:
-        return (self.tx, self.ty, self.zoom, self.ds) == (0, 0, ZOOM_ONE, 0)
+        return (self.tx, self.ty, self.zc, self.zs, self.ds) == (0, 0, ZOOM_ONE, 0, 0)
 
     def apply(self, q: np.ndarray) -> np.ndarray:  # [M, 8] -> [M, 8]
         out = np.array(q, dtype=np.int64, copy=True).reshape(-1, NPARAMS)
+        x, y = out[:, 0].copy(), out[:, 1].copy()
         half = ZOOM_ONE >> 1
-        out[:, 0] = self.tx + ((out[:, 0] * self.zoom + half) >> 16)
-        out[:, 1] = self.ty + ((out[:, 1] * self.zoom + half) >> 16)
+        out[:, 0] = self.tx + ((x * self.zc - y * self.zs + half) >> 16)
+        out[:, 1] = self.ty + ((x * self.zs + y * self.zc + half) >> 16)
         out[:, 2:4] += self.ds
         return out
 
     def to_bytes(self) -> bytes:
-        return write_svarints([self.tx, self.ty, self.zoom - ZOOM_ONE, self.ds])
+        return write_svarints([self.tx, self.ty, self.zc - ZOOM_ONE, self.zs, self.ds])
 
     @classmethod
     def read(cls, payload: bytes, pos: int = 0) -> tuple["GlobalMotion", int]:
         """The motion at ``payload[pos:]`` (range-checked) and the position after it."""
-        (tx, ty, dzoom, ds), end = read_svarints(payload, pos, 4, "the global motion of a moved layer")
-        check_range("zoom of a moved layer", int(dzoom) + ZOOM_ONE, *ZOOM_RANGE)
+        (tx, ty, dzc, zs, ds), end = read_svarints(payload, pos, 5, "the global motion of a moved layer")
+        check_range("zoom (zc) of a moved layer", int(dzc) + ZOOM_ONE, *ZC_RANGE)
+        check_range("rotation (zs) of a moved layer", int(zs), -ZS_LIMIT, ZS_LIMIT)
         check_range("size change of a moved layer", int(ds), -DS_LIMIT, DS_LIMIT)
-        return cls(int(tx), int(ty), int(dzoom) + ZOOM_ONE, int(ds)), end
+        return cls(int(tx), int(ty), int(dzc) + ZOOM_ONE, int(zs), int(ds)), end
 
 
 def encode_predicted(

@@ -1,4 +1,4 @@
-"""Global motion estimation for P-frames: a camera pan and zoom between two pictures.
+"""Global motion estimation for P-frames: a camera pan, zoom and roll between two pictures.
 
 A pan moves every Gaussian of the previous frame by the same amount; coded as
 differences to the unmoved reference, each kept Gaussian then pays for a change of x
@@ -6,13 +6,14 @@ and y (a 2-pixel pan is 16 position steps). With the reference first moved by th
 frame's global motion (``layer_codec.GlobalMotion``, FORMAT.md section 7.4), a pure
 pan leaves nothing to code but the content that enters the picture.
 
-The model is a similarity without rotation, about the picture's centre C:
-``p' = zoom * (p - C) + C + t`` maps a point of the previous frame to the new one.
-It is estimated on luma (at most ``MAX_SIDE`` pixels on the long side): integer
-translation from phase correlation, then Gauss-Newton on translation and zoom over
-the pixels both frames see. Everything is float64 numpy without multi-threaded
-reductions (no BLAS products): the same frames give the same motion on any thread
-count, so serial and parallel encodes write the same bytes.
+The model is a similarity about the picture's centre C: ``p' = zoom * R(angle) (p - C)
++ C + t`` maps a point of the previous frame to the new one. It is estimated on luma
+(at most ``MAX_SIDE`` pixels on the long side): integer translation from phase
+correlation, then Gauss-Newton over the pixels both frames see, on the inverse map
+``u = B (p - C) + C + v`` (B a scaled rotation), which is linear in its four numbers.
+Everything is float64 numpy without multi-threaded reductions (no BLAS products): the
+same frames give the same motion on any thread count, so serial and parallel encodes
+write the same bytes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layer_codec import ZOOM_ONE, ZOOM_RANGE, GlobalMotion
+from .layer_codec import ZC_RANGE, ZOOM_ONE, ZS_LIMIT, GlobalMotion
 
 #: motion is estimated on pictures downscaled (by an integer factor) to this long side
 MAX_SIDE = 384
@@ -29,15 +30,23 @@ MAX_SIDE = 384
 ITERATIONS = 20
 #: pixels at the picture's edges left out of the fit (edge effects of the downscaling)
 MARGIN = 2
+#: pictures with a shorter side than this get no motion (too few pixels to tell a
+#: camera motion from the content's: on 24x16 frames a roll was fitted to moving shapes)
+MIN_SIDE = 32
+#: a fit from the phase correlation's shift that removes less than this share of the
+#: MSE is tried again from no motion (the correlation may have locked on a wrong peak)
+RETRY_GAIN = 0.1
 
 
 @dataclass(frozen=True)
 class MotionEstimate:
-    """A global motion in pixels of the full-size picture, and how well it predicts."""
+    """A global motion in pixels of the full-size picture, and how well it predicts:
+    a point p of the previous frame moves to ``zoom * R(angle) (p - C) + C + t``."""
 
     tx: float  # translation, pixels
     ty: float
     zoom: float  # 1.0: none
+    angle: float  # rotation, radians (image axes: x right, y down)
     mse: float  # luma MSE (full scale 1) of the moved previous frame against the new one
     still_mse: float  # the same without motion, over the same pixels
 
@@ -80,83 +89,99 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Gauss-Newton on theta = (tx, ty, zoom) (pixels of these pictures): cur(p) ~
-    prev((p - C - t) / zoom + C). Returns theta, the moved MSE and the still MSE over
-    the pixels the moved frame covers."""
+    """Gauss-Newton on the inverse map theta = (alpha, beta, vx, vy) (pixels of these
+    pictures), linear in theta: cur(p) ~ prev(u), u = B (p - C) + C + v with
+    B = [[alpha, beta], [-beta, alpha]]. Returns theta, the moved MSE and the still MSE
+    over the pixels the moved frame covers."""
     h, w = prev.shape
     gy, gx = np.gradient(prev)
     ys, xs = np.mgrid[MARGIN : h - MARGIN, MARGIN : w - MARGIN].astype(np.float64)
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    X, Y = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
     target = cur[MARGIN : h - MARGIN, MARGIN : w - MARGIN]
 
-    def residual(theta: np.ndarray):
-        tx, ty, s = theta
-        ux, uy = (xs - cx - tx) / s + cx, (ys - cy - ty) / s + cy
+    def inside(theta: np.ndarray):
+        alpha, beta, vx, vy = theta
+        ux = alpha * X + beta * Y + (w - 1) / 2.0 + vx
+        uy = -beta * X + alpha * Y + (h - 1) / 2.0 + vy
         ok = (ux >= MARGIN) & (ux <= w - 1 - MARGIN) & (uy >= MARGIN) & (uy <= h - 1 - MARGIN)
         return ux[ok], uy[ok], ok
 
+    def plausible(theta: np.ndarray) -> bool:  # zoom 0.5x .. 2x, rotation under 60 degrees
+        return 0.25 < theta[0] ** 2 + theta[1] ** 2 < 4.0 and theta[0] > abs(theta[1]) * 0.57
+
     for _ in range(ITERATIONS):
-        ux, uy, ok = residual(theta)
+        ux, uy, ok = inside(theta)
         if ok.sum() < 64:
             break
-        tx, ty, s = theta
         r = _bilinear(prev, ux, uy) - target[ok]
         sx, sy = _bilinear(gx, ux, uy), _bilinear(gy, ux, uy)
-        jac = np.stack([-sx / s, -sy / s, -(sx * (xs[ok] - cx - tx) + sy * (ys[ok] - cy - ty)) / (s * s)], axis=1)
+        x, y = X[ok], Y[ok]
+        jac = np.stack([sx * x + sy * y, sx * y - sy * x, sx, sy], axis=1)
         # sums, not BLAS products: pairwise summation is the same on every thread count
-        normal = np.array([[np.sum(jac[:, i] * jac[:, j]) for j in range(3)] for i in range(3)])
+        normal = np.array([[np.sum(jac[:, i] * jac[:, j]) for j in range(4)] for i in range(4)])
         if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
             break
-        delta = -np.linalg.solve(normal, np.array([np.sum(jac[:, i] * r) for i in range(3)]))
+        delta = -np.linalg.solve(normal, np.array([np.sum(jac[:, i] * r) for i in range(4)]))
         theta = theta + delta
-        if not (0.5 < theta[2] < 2.0):
+        if not plausible(theta):
             break
-        if abs(delta[0]) < 1e-3 and abs(delta[1]) < 1e-3 and abs(delta[2]) < 1e-5:
+        if abs(delta[0]) < 1e-5 and abs(delta[1]) < 1e-5 and abs(delta[2]) < 1e-3 and abs(delta[3]) < 1e-3:
             break
-    ux, uy, ok = residual(theta)
-    if ok.sum() < 64 or not (0.5 < theta[2] < 2.0):
+    ux, uy, ok = inside(theta)
+    if ok.sum() < 64 or not plausible(theta):
         still = float(np.mean((prev - cur) ** 2))
-        return np.array([0.0, 0.0, 1.0]), still, still
+        return np.array([1.0, 0.0, 0.0, 0.0]), still, still
     moved = float(np.mean((_bilinear(prev, ux, uy) - target[ok]) ** 2))
     still = float(np.mean((prev[MARGIN : h - MARGIN, MARGIN : w - MARGIN][ok] - target[ok]) ** 2))
     return theta, moved, still
 
 
 def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionEstimate:  # 2 x [H, W, 3] uint8
-    """The pan and zoom that carry ``previous`` onto ``current`` (see the module doc)."""
+    """The pan, zoom and rotation that carry ``previous`` onto ``current`` (module doc)."""
     assert previous.shape == current.shape, (previous.shape, current.shape)
     height, width = previous.shape[:2]
     factor = max(1, math.ceil(max(width, height) / MAX_SIDE))
     prev, cur = _luma(previous, factor), _luma(current, factor)
-    if min(prev.shape) < 4 * MARGIN + 8:
+    if min(height, width) < MIN_SIDE:
         still = float(np.mean((prev - cur) ** 2))
-        return MotionEstimate(0.0, 0.0, 1.0, still, still)
-    tx, ty = _phase_shift(prev, cur)
-    theta, moved, still = _fit(prev, cur, np.array([tx, ty, 1.0]))
-    if (tx, ty) != (0.0, 0.0):  # phase correlation can lock on a wrong peak: try no motion too
-        alt, alt_moved, alt_still = _fit(prev, cur, np.array([0.0, 0.0, 1.0]))
+        return MotionEstimate(0.0, 0.0, 1.0, 0.0, still, still)
+    dx, dy = _phase_shift(prev, cur)  # cur(p) ~ prev(p - d): u = p - d
+    theta, moved, still = _fit(prev, cur, np.array([1.0, 0.0, -dx, -dy]))
+    if (dx, dy) != (0.0, 0.0) and moved > (1.0 - RETRY_GAIN) * still:
+        # phase correlation may have locked on a wrong peak: try from no motion too
+        alt, alt_moved, alt_still = _fit(prev, cur, np.array([1.0, 0.0, 0.0, 0.0]))
         if alt_moved < moved:
             theta, moved, still = alt, alt_moved, alt_still
-    # about the full picture's centre (W / 2, H / 2) rather than the downscaled one's
-    zoom = float(theta[2])
-    tx = theta[0] * factor + (1.0 - zoom) * (factor * prev.shape[1] / 2.0 - width / 2.0)
-    ty = theta[1] * factor + (1.0 - zoom) * (factor * prev.shape[0] / 2.0 - height / 2.0)
-    return MotionEstimate(float(tx), float(ty), zoom, moved, still)
+    # the forward map: p' = A (p - c) + c + t, A = B^-1 = [[zc, -zs], [zs, zc]], t = -A v
+    alpha, beta, vx, vy = theta
+    norm = alpha * alpha + beta * beta
+    zc, zs = alpha / norm, beta / norm
+    tx, ty = -(zc * vx - zs * vy), -(zs * vx + zc * vy)
+    # pixels of the full picture, about its centre C rather than the downscaled one's c:
+    # t_C = t * f + (A - I) (C - c)
+    ex, ey = width / 2.0 - factor * prev.shape[1] / 2.0, height / 2.0 - factor * prev.shape[0] / 2.0
+    tx = tx * factor + (zc - 1.0) * ex - zs * ey
+    ty = ty * factor + zs * ex + (zc - 1.0) * ey
+    return MotionEstimate(float(tx), float(ty), float(math.hypot(zc, zs)), float(math.atan2(zs, zc)), moved, still)
 
 
 def to_global_motion(estimate: MotionEstimate, width: int, height: int,
                      steps: tuple[float, ...]) -> GlobalMotion:
-    """The stream's integer form of ``estimate`` (``layer_codec.GlobalMotion``): the zoom
-    in 2^-16 units, the zoom about the centre folded into the translation, in position
-    steps; sizes follow a zoom of at least half a log-scale step per frame (3 % at the
-    default step). Slower zooms leave sizes to training: carrying the remainder over
-    frames (one step every few frames) was measured on a pan with a 0.4 % zoom per frame
-    and cost 1.7 % more bytes for +0.02 dB."""
-    lo, hi = ZOOM_RANGE
-    zoom = min(max(round(estimate.zoom * ZOOM_ONE), lo), hi)
-    s = zoom / ZOOM_ONE
-    tx = round(((1.0 - s) * width / 2.0 + estimate.tx) / steps[0])
-    ty = round(((1.0 - s) * height / 2.0 + estimate.ty) / steps[1])
+    """The stream's integer form of ``estimate`` (``layer_codec.GlobalMotion``): zoom times
+    cosine and sine of the rotation in 2^-16 units (no rotation when the x and y position
+    steps differ: the integer map rotates in step units), the motion about the centre
+    folded into the translation, in position steps; sizes follow a zoom of at least half
+    a log-scale step per frame (3 % at the default step). Slower zooms leave sizes to
+    training: carrying the remainder over frames (one step every few frames) was
+    measured on a pan with a 0.4 % zoom per frame and cost 1.7 % more bytes for +0.02 dB."""
+    angle = estimate.angle if steps[0] == steps[1] else 0.0
+    zc = min(max(round(estimate.zoom * math.cos(angle) * ZOOM_ONE), ZC_RANGE[0]), ZC_RANGE[1])
+    zs = min(max(round(estimate.zoom * math.sin(angle) * ZOOM_ONE), -ZS_LIMIT), ZS_LIMIT)
+    a, b = zc / ZOOM_ONE, zs / ZOOM_ONE
+    # p' = A (p - C) + C + t = A p + (I - A) C + t
+    cx, cy = width / 2.0, height / 2.0
+    tx = round(((1.0 - a) * cx + b * cy + estimate.tx) / steps[0])
+    ty = round((-b * cx + (1.0 - a) * cy + estimate.ty) / steps[1])
     limit = (1 << 31) - 1
     tx, ty = min(max(tx, -limit), limit), min(max(ty, -limit), limit)
-    return GlobalMotion(tx, ty, zoom, round(math.log(s) / steps[2]))
+    return GlobalMotion(tx, ty, zc, zs, round(math.log(math.hypot(a, b)) / steps[2]))

@@ -84,8 +84,9 @@ def tiny_video(coder: int = 1) -> bytes:
 def tiny_video_moved() -> bytes:
     """3 frames of 16x12 pixels, 2 layers, coder 2: the tiny model as an I-frame, then
     two P-frames whose layers are moved (a pan right and down with a 3 % zoom, layer 1
-    also recoloured; then a pan back with a 10 % zoom-out that shrinks the sizes by one
-    step), the second frame's layer 2 predicted without motion."""
+    also recoloured; then a pan back with a 10 % zoom-out and a 2.9 degree roll that
+    shrinks the sizes by three steps), the second frame's layer 2 predicted without
+    motion."""
     import io
 
     import numpy as np
@@ -103,7 +104,7 @@ def tiny_video_moved() -> bytes:
     chunks, reference = code_intra_layers(model, STEPS, 2, geometric=True)
     writer.write_frame(FRAME_I, chunks)
     motions = [[GlobalMotion(8, 5, ZOOM_ONE + 2000, 0), GlobalMotion(8, 5, ZOOM_ONE + 2000, 0)],
-               [GlobalMotion(-20, 11, ZOOM_ONE - 6554, -3), None]]
+               [GlobalMotion(-20, 11, ZOOM_ONE - 6554, 3000, -3), None]]
     for t, frame_motions in enumerate(motions, start=1):
         chunks, decoded = [], []
         for l, (ref, motion) in enumerate(zip(reference, frame_motions), start=1):

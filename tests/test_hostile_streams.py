@@ -391,7 +391,7 @@ def fuzz_one(base: str, data) -> None:
     assert outcome in (DECODED, CLEAN), (case.mutations, case.layers, case.scale, detail)
 
 
-# 3 x 450 image and 3 x 250 video cases (a video case decodes up to 3 frames)
+# 3 x 450 image and 4 x 250 video cases (a video case decodes up to 3 frames)
 @pytest.mark.parametrize("base", ["image", "image-rich", "image-v2"])
 @settings(max_examples=450, **FUZZ)
 @given(data=st.data())
@@ -399,7 +399,7 @@ def test_structure_aware_fuzz_images(base, data):
     fuzz_one(base, data)
 
 
-@pytest.mark.parametrize("base", ["video", "video-rich", "video-v2"])
+@pytest.mark.parametrize("base", ["video", "video-rich", "video-v2", "video-moved"])
 @settings(max_examples=250, **FUZZ)
 @given(data=st.data())
 def test_structure_aware_fuzz_videos(base, data):

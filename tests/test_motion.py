@@ -20,17 +20,19 @@ from gsvc.video_encoder import CodingStructure, encode_video
 
 
 def texture(width: int, height: int, tx: float = 0.0, ty: float = 0.0, zoom: float = 1.0,
-            seed: int = 0) -> np.ndarray:  # [H, W, 3] uint8
-    """A smooth random picture seen through a camera moved by (tx, ty) and zoomed about
-    the centre: pixel p shows the scene at (p - C - t) / zoom + C."""
+            angle: float = 0.0, seed: int = 0) -> np.ndarray:  # [H, W, 3] uint8
+    """A smooth random picture seen through a camera moved by (tx, ty), zoomed and
+    rotated (radians) about the centre: pixel p shows the scene at R(-angle) (p - C - t)
+    / zoom + C."""
     rng = np.random.default_rng(seed)
     n = 60
     cx, cy = rng.uniform(-0.2, 1.2, n) * width, rng.uniform(-0.2, 1.2, n) * height
     sigma = rng.uniform(0.04, 0.12, n) * min(width, height)
     colour = rng.uniform(-0.5, 0.5, (n, 3))
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    sx = (xs - width / 2 - tx) / zoom + width / 2
-    sy = (ys - height / 2 - ty) / zoom + height / 2
+    dx, dy = xs - width / 2 - tx, ys - height / 2 - ty
+    c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+    sx, sy = c * dx + s * dy + width / 2, -s * dx + c * dy + height / 2
     img = np.full((height, width, 3), 0.5)
     for i in range(n):
         g = np.exp(-((sx - cx[i]) ** 2 + (sy - cy[i]) ** 2) / (2 * sigma[i] ** 2))
@@ -39,15 +41,17 @@ def texture(width: int, height: int, tx: float = 0.0, ty: float = 0.0, zoom: flo
 
 
 @pytest.mark.parametrize("size", [(160, 120), (800, 600)])  # the second is estimated downscaled
-def test_a_pan_and_zoom_are_recovered(size):
+@pytest.mark.parametrize("angle_deg", [0.0, 1.5])
+def test_a_pan_zoom_and_roll_are_recovered(size, angle_deg):
     w, h = size
     scale = w / 160  # the same motion relative to the picture at both sizes
     prev = texture(w, h)
-    cur = texture(w, h, 2.3 * scale, -1.4 * scale, 1.02)
+    cur = texture(w, h, 2.3 * scale, -1.4 * scale, 1.02, np.radians(angle_deg))
     est = estimate_global_motion(prev, cur)
     assert est.tx == pytest.approx(2.3 * scale, abs=0.08 * scale)
     assert est.ty == pytest.approx(-1.4 * scale, abs=0.08 * scale)
     assert est.zoom == pytest.approx(1.02, abs=1e-3)
+    assert np.degrees(est.angle) == pytest.approx(angle_deg, abs=0.05)
     assert est.gain > 0.8, est
     assert estimate_global_motion(prev, cur) == est  # deterministic
 
@@ -57,44 +61,54 @@ def test_a_still_picture_has_no_motion():
     prev = texture(96, 64)
     noisy = np.clip(prev.astype(int) + rng.integers(-3, 4, prev.shape), 0, 255).astype(np.uint8)
     est = estimate_global_motion(prev, noisy)
-    assert abs(est.tx) < 0.05 and abs(est.ty) < 0.05 and abs(est.zoom - 1) < 1e-3, est
+    assert abs(est.tx) < 0.05 and abs(est.ty) < 0.05 and abs(est.zoom - 1) < 1e-3 and abs(est.angle) < 1e-3, est
     assert est.gain < 0.05 < CodingStructure.motion_gain, est  # so the encoder moves nothing
 
 
 def test_integer_motion_moves_the_reference_as_specified():
     q = np.array([[100, -37, 5, -2, 3, 10, 20, 30], [0, 0, 0, 0, 0, 0, 0, 0]], np.int64)
-    m = GlobalMotion(tx=-7, ty=12, zoom=ZOOM_ONE + 1000, ds=-1)
+    zc, zs = ZOOM_ONE + 1000, -777
+    m = GlobalMotion(tx=-7, ty=12, zc=zc, zs=zs, ds=-1)
     out = m.apply(q)
     for row_in, row_out in zip(q, out):
-        assert row_out[0] == -7 + (int(row_in[0]) * (ZOOM_ONE + 1000) + ZOOM_ONE // 2) // ZOOM_ONE
-        assert row_out[1] == 12 + (int(row_in[1]) * (ZOOM_ONE + 1000) + ZOOM_ONE // 2) // ZOOM_ONE
+        x, y = int(row_in[0]), int(row_in[1])
+        assert row_out[0] == -7 + (x * zc - y * zs + ZOOM_ONE // 2) // ZOOM_ONE
+        assert row_out[1] == 12 + (x * zs + y * zc + ZOOM_ONE // 2) // ZOOM_ONE
         assert list(row_out[2:4]) == [row_in[2] - 1, row_in[3] - 1]
         assert list(row_out[4:]) == list(row_in[4:])
     np.testing.assert_array_equal(GlobalMotion().apply(q), q)
     assert GlobalMotion().identity and not m.identity
-    # a zoom about the centre folds into the translation: the centre stays put
+    # a zoom and roll about the centre fold into the translation: the centre stays put,
+    # a corner turns about it
     steps = (1 / 8, 1 / 8, 1 / 32, 1 / 32, 1 / 16, 1 / 128, 1 / 128, 1 / 128)
-    zoomed = to_global_motion(MotionEstimate(0.0, 0.0, 1.1, 0.0, 1.0), 64, 48, steps)
-    centre = np.array([[256, 192, 0, 0, 0, 0, 0, 0]])  # (32, 24) px
-    assert abs(zoomed.apply(centre)[0, 0] - 256) <= 1 and abs(zoomed.apply(centre)[0, 1] - 192) <= 1
-    assert zoomed.ds == round(np.log(zoomed.zoom / ZOOM_ONE) * 32) == 3
+    moved = to_global_motion(MotionEstimate(0.0, 0.0, 1.1, np.radians(5.0), 0.0, 1.0), 64, 48, steps)
+    points = np.array([[256, 192, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]])  # (32, 24) px, (0, 0)
+    out = moved.apply(points)
+    assert abs(out[0, 0] - 256) <= 1 and abs(out[0, 1] - 192) <= 1
+    c, s = 1.1 * np.cos(np.radians(5.0)), 1.1 * np.sin(np.radians(5.0))
+    corner = np.array([c * -32 - s * -24 + 32, s * -32 + c * -24 + 24]) * 8
+    assert np.abs(out[1, :2] - corner).max() <= 1
+    assert moved.ds == round(np.log(1.1) * 32) == 3
+    # the x and y steps differ: no rotation (the integer map turns in step units)
+    assert to_global_motion(MotionEstimate(0.0, 0.0, 1.0, 0.1, 0.0, 1.0), 64, 48, (0.1, 0.2) + steps[2:]).zs == 0
 
 
-@pytest.mark.parametrize("motion", [GlobalMotion(), GlobalMotion(5, -3, ZOOM_ONE - 77, 2),
-                                    GlobalMotion(-(2**31) + 1, 2**31 - 1, ZOOM_ONE // 2, -(2**15)),
-                                    GlobalMotion(0, 0, 2 * ZOOM_ONE, 2**15)])
+@pytest.mark.parametrize("motion", [GlobalMotion(), GlobalMotion(5, -3, ZOOM_ONE - 77, 40, 2),
+                                    GlobalMotion(-(2**31) + 1, 2**31 - 1, ZOOM_ONE // 2, -ZOOM_ONE, -(2**15)),
+                                    GlobalMotion(0, 0, 2 * ZOOM_ONE, ZOOM_ONE, 2**15)])
 def test_moved_layers_round_trip(motion):
     rng = np.random.default_rng(3)
     ref = rng.integers(-500, 500, (30, 8))
     keep = rng.random(30) < 0.7
-    kept = motion.apply(ref)[keep] + rng.integers(-2, 3, (int(keep.sum()), 8)) * (rng.random((int(keep.sum()), 8)) < 0.3)
+    k = int(keep.sum())
+    kept = motion.apply(ref)[keep] + rng.integers(-2, 3, (k, 8)) * (rng.random((k, 8)) < 0.3)
     new = rng.integers(-100, 100, (4, 8))
     payload, q = encode_predicted(ref, keep, kept, new, 2, motion)
     np.testing.assert_array_equal(decode_predicted(payload, ref, len(q), 2, moved=True), q)
     np.testing.assert_array_equal(q[: int(keep.sum())], kept)
     # the motion costs a few bytes in front of the unmoved layout
     plain, _ = encode_predicted(motion.apply(ref), keep, kept, new, 2)
-    assert payload.endswith(plain) and len(payload) - len(plain) <= 5 + 5 + 3 + 3
+    assert payload.endswith(plain) and len(payload) - len(plain) <= 5 + 5 + 3 + 3 + 3
 
 
 def test_corrupt_motion_is_caught():
@@ -103,9 +117,11 @@ def test_corrupt_motion_is_caught():
     for bad in (b"", b"\x80\x80", payload[:2]):
         with pytest.raises(StreamError):
             decode_predicted(bad, ref, 3, 2, moved=True)
-    assert payload[:4] == GlobalMotion(1, 1).to_bytes()  # four one-byte varints
+    assert payload[:5] == GlobalMotion(1, 1).to_bytes()  # five one-byte varints
     with pytest.raises(StreamError, match="zoom"):  # 4x: outside the format's range
-        decode_predicted(write_svarints([1, 1, 3 * ZOOM_ONE, 0]) + payload[4:], ref, 3, 2, moved=True)
+        decode_predicted(write_svarints([1, 1, 3 * ZOOM_ONE, 0, 0]) + payload[5:], ref, 3, 2, moved=True)
+    with pytest.raises(StreamError, match="rotation"):
+        decode_predicted(write_svarints([1, 1, 0, 2 * ZOOM_ONE, 0]) + payload[5:], ref, 3, 2, moved=True)
 
 
 def panning_clip(frames: int = 6, width: int = 64, height: int = 48) -> np.ndarray:
@@ -167,8 +183,9 @@ def test_golden_moved_video_bytes_and_pixels():
     assert [f["moved"] for f in frames] == [[False, False], [True, True], [True, False]]
     assert "motion" not in frames[0]
     zoom = (ZOOM_ONE + 2000) / ZOOM_ONE
-    assert frames[1]["motion"]["zoom"] == pytest.approx(zoom)
+    assert frames[1]["motion"]["zoom"] == pytest.approx(zoom) and frames[1]["motion"]["rotation"] == 0
     assert frames[1]["motion"]["pan"] == pytest.approx([8 / 16 + (zoom - 1) * 8, 5 / 16 + (zoom - 1) * 6])
+    assert frames[2]["motion"]["rotation"] == pytest.approx(np.degrees(np.arctan2(3000, ZOOM_ONE - 6554)))
 
 
 def test_a_moved_layer_in_an_i_frame_is_rejected():
