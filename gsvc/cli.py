@@ -303,6 +303,7 @@ class _EncodeOptions:
     max_frames: int | None = None
     start: float = 0.0
     gop: int | None = None
+    no_global_motion: bool = False
     device: str = "auto"
     seed: int = 0
     jobs: int = 1
@@ -383,6 +384,9 @@ class _EncodeOptions:
 @click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
 @click.option("--gop", type=click.IntRange(1, 1 << 24),
               help="Video: closed GOPs of N frames, each starting with an I-frame (default 30; 1 = all I-frames).")
+@click.option("--no-global-motion", is_flag=True,
+              help="Video: P-frames predict from the previous frame as it stands, not moved by the camera's "
+                   "pan, zoom and roll.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--jobs", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
@@ -560,7 +564,7 @@ def _encode_video(video, output, opts: _EncodeOptions, table_to_stderr) -> None:
         _note(f"{video.path}: has audio; gsvc codes the pictures only")
     w, h = fit_size(opts.size, video.width, video.height)
     settings = opts.settings_for(w, h)
-    structure = CodingStructure(gop=opts.gop) if opts.gop else CodingStructure()
+    structure = CodingStructure(global_motion=not opts.no_global_motion, **({"gop": opts.gop} if opts.gop else {}))
     estimate = video.frames or round(video.duration * float(video.fps))
     if opts.start:
         estimate = max(0, estimate - round(opts.start * float(video.fps)))

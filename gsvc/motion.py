@@ -9,7 +9,8 @@ pan leaves nothing to code but the content that enters the picture.
 The model is a similarity about the picture's centre C: ``p' = zoom * R(angle) (p - C)
 + C + t`` maps a point of the previous frame to the new one. It is estimated on luma
 (at most ``MAX_SIDE`` pixels on the long side): integer translation from phase
-correlation, then Gauss-Newton over the pixels both frames see, on the inverse map
+correlation, then robust Gauss-Newton (Cauchy weights: a moving object does not drag
+the camera's motion along) over the pixels both frames see, on the inverse map
 ``u = B (p - C) + C + v`` (B a scaled rotation), which is linear in its four numbers.
 Everything is float64 numpy without multi-threaded reductions (no BLAS products): the
 same frames give the same motion on any thread count, so serial and parallel encodes
@@ -33,9 +34,10 @@ MARGIN = 2
 #: pictures with a shorter side than this get no motion (too few pixels to tell a
 #: camera motion from the content's: on 24x16 frames a roll was fitted to moving shapes)
 MIN_SIDE = 32
-#: a fit from the phase correlation's shift that removes less than this share of the
-#: MSE is tried again from no motion (the correlation may have locked on a wrong peak)
-RETRY_GAIN = 0.1
+#: Cauchy weights: scale = CAUCHY_K x the residuals' robust spread (1.4826 x median
+#: absolute residual), at least CAUCHY_FLOOR (luma, full scale 1: about 2.5 levels of 255)
+CAUCHY_K = 2.0
+CAUCHY_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,20 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Gauss-Newton on the inverse map theta = (alpha, beta, vx, vy) (pixels of these
-    pictures), linear in theta: cur(p) ~ prev(u), u = B (p - C) + C + v with
-    B = [[alpha, beta], [-beta, alpha]]. Returns theta, the moved MSE and the still MSE
-    over the pixels the moved frame covers."""
+def _cauchy_scale(r: np.ndarray) -> float:
+    """The Cauchy weights' scale for residuals ``r``: a multiple of their robust spread."""
+    return max(CAUCHY_K * 1.4826 * float(np.median(np.abs(r))), CAUCHY_FLOOR)
+
+
+def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray,
+         scale: float) -> tuple[np.ndarray, float, float, float]:
+    """Robust Gauss-Newton (Cauchy weights, re-estimated each step) on the inverse map
+    theta = (alpha, beta, vx, vy) (pixels of these pictures), linear in theta:
+    cur(p) ~ prev(u), u = B (p - C) + C + v with B = [[alpha, beta], [-beta, alpha]].
+    Pixels that move otherwise (an object crossing a still scene) weigh little, so the
+    motion most of the picture shares wins. Returns theta, the moved MSE and the still
+    MSE over the pixels the moved frame covers, and the mean Cauchy cost at ``scale``
+    (to compare fits from different starts)."""
     h, w = prev.shape
     gy, gx = np.gradient(prev)
     ys, xs = np.mgrid[MARGIN : h - MARGIN, MARGIN : w - MARGIN].astype(np.float64)
@@ -114,14 +125,16 @@ def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray) -> tuple[np.ndarr
         if ok.sum() < 64:
             break
         r = _bilinear(prev, ux, uy) - target[ok]
+        weight = 1.0 / (1.0 + (r / _cauchy_scale(r)) ** 2)
         sx, sy = _bilinear(gx, ux, uy), _bilinear(gy, ux, uy)
         x, y = X[ok], Y[ok]
         jac = np.stack([sx * x + sy * y, sx * y - sy * x, sx, sy], axis=1)
+        wjac = jac * weight[:, None]
         # sums, not BLAS products: pairwise summation is the same on every thread count
-        normal = np.array([[np.sum(jac[:, i] * jac[:, j]) for j in range(4)] for i in range(4)])
+        normal = np.array([[np.sum(wjac[:, i] * jac[:, j]) for j in range(4)] for i in range(4)])
         if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
             break
-        delta = -np.linalg.solve(normal, np.array([np.sum(jac[:, i] * r) for i in range(4)]))
+        delta = -np.linalg.solve(normal, np.array([np.sum(wjac[:, i] * r) for i in range(4)]))
         theta = theta + delta
         if not plausible(theta):
             break
@@ -129,11 +142,12 @@ def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray) -> tuple[np.ndarr
             break
     ux, uy, ok = inside(theta)
     if ok.sum() < 64 or not plausible(theta):
-        still = float(np.mean((prev - cur) ** 2))
-        return np.array([1.0, 0.0, 0.0, 0.0]), still, still
-    moved = float(np.mean((_bilinear(prev, ux, uy) - target[ok]) ** 2))
+        theta = np.array([1.0, 0.0, 0.0, 0.0])
+        ux, uy, ok = inside(theta)
+    r = _bilinear(prev, ux, uy) - target[ok]
+    moved = float(np.mean(r**2))
     still = float(np.mean((prev[MARGIN : h - MARGIN, MARGIN : w - MARGIN][ok] - target[ok]) ** 2))
-    return theta, moved, still
+    return theta, moved, still, float(np.mean(np.log1p((r / scale) ** 2)))
 
 
 def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionEstimate:  # 2 x [H, W, 3] uint8
@@ -145,12 +159,13 @@ def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionE
     if min(height, width) < MIN_SIDE:
         still = float(np.mean((prev - cur) ** 2))
         return MotionEstimate(0.0, 0.0, 1.0, 0.0, still, still)
+    scale = _cauchy_scale(prev - cur)  # one scale to compare the fits from each start
     dx, dy = _phase_shift(prev, cur)  # cur(p) ~ prev(p - d): u = p - d
-    theta, moved, still = _fit(prev, cur, np.array([1.0, 0.0, -dx, -dy]))
-    if (dx, dy) != (0.0, 0.0) and moved > (1.0 - RETRY_GAIN) * still:
-        # phase correlation may have locked on a wrong peak: try from no motion too
-        alt, alt_moved, alt_still = _fit(prev, cur, np.array([1.0, 0.0, 0.0, 0.0]))
-        if alt_moved < moved:
+    theta, moved, still, cost = _fit(prev, cur, np.array([1.0, 0.0, -dx, -dy]), scale)
+    if (dx, dy) != (0.0, 0.0):
+        # the correlation's peak may be an object's, not the scene's: try from no motion too
+        alt, alt_moved, alt_still, alt_cost = _fit(prev, cur, np.array([1.0, 0.0, 0.0, 0.0]), scale)
+        if alt_cost < cost:
             theta, moved, still = alt, alt_moved, alt_still
     # the forward map: p' = A (p - c) + c + t, A = B^-1 = [[zc, -zs], [zs, zc]], t = -A v
     alpha, beta, vx, vy = theta

@@ -16,18 +16,19 @@
   (``layer_codec.encode_predicted``); unchanged values cost next to nothing under the
   zero-inflated geometric entropy model. When the camera pans, zooms or rolls, the
   reference is first moved by the frame's global motion
-  (``motion.estimate_global_motion``; a moved layer, FORMAT.md section 7.4), so
+  (``motion.estimate_global_motion``, measured between the source frames; a moved
+  layer, FORMAT.md section 7.4), so
   Gaussians that merely follow the camera cost nothing either. A layer whose
-  differences cost more than coding its Gaussians afresh is coded afresh. Gaussians that draw nothing (colour
-  quantized to zero, or wholly off the picture) are dropped; optionally
-  (``refresh_share``) as many new ones are placed where the reference misses.
+  differences cost more than coding its Gaussians afresh is coded afresh. Gaussians
+  that draw nothing (colour quantized to zero, or wholly off the picture) are dropped;
+  optionally (``refresh_share``) as many new ones are placed where the reference misses.
 * **Drift-free layers:** layer l of a P-frame is predicted only from layer l of the
   previous decoded frame, so a k-layer decoder needs layers 1..k of every frame and
   sees exactly what the encoder saw for k layers.
-* **Scene cuts:** a frame whose reference (moved by the global motion) renders it
-  below ``cut_psnr`` dB, or whose
-  P-frame falls more than ``cut_drop_db`` below the GOP's I-frame, is coded as an
-  I-frame instead (no smeared P-frame survives).
+* **Scene cuts:** a frame whose reference renders it below ``cut_psnr`` dB (moved by
+  the global motion, when one pays, as well as unmoved), or whose P-frame falls more
+  than ``cut_drop_db`` below the GOP's I-frame, is coded as an I-frame instead (no
+  smeared P-frame survives).
 
 * **Closed GOPs on a fixed grid:** frames ``[u*gop, (u+1)*gop)`` form unit ``u``,
   coded by a fresh encoder state (``GopUnit``, ``encode_gop``) that starts with an
@@ -114,10 +115,11 @@ class CodingStructure:
     deadzone: float = 0.2
     #: P-frames move their reference by the frame's global motion (camera pan, zoom, roll)
     #: before predicting from it, when that motion removes at least ``motion_gain`` of
-    #: the luma MSE between the previous decoded frame and the new one. On a pan over a
-    #: photo: 33 % fewer bytes at +0.5 dB; Megamind +0.4 dB at 1.8 % more bytes; tree.avi
-    #: (a still camera) never moves (docs/results.md)
+    #: the luma MSE between the previous source frame and the new one. On a pan over a
+    #: photo: 31 % fewer bytes at +0.5 dB; Megamind +0.1-0.3 dB at 1.4 % fewer bytes;
+    #: tree.avi (a still camera) never moves (docs/results.md)
     global_motion: bool = True
+    #: the share of that MSE a motion must remove to be used (tree.avi's camera: 0-4 %)
     motion_gain: float = 0.1
     #: a reference rendering the new frame below this PSNR (dB) marks a scene cut
     cut_psnr: float = 18.0
@@ -237,6 +239,9 @@ class _Encoder:
         #: P-frames price their bits against (None: not yet known, see ``_anchor``)
         self.rate_mse: list[float] | None = None
         self.since_i = 0
+        #: the last source frame: the camera's motion is measured between source frames
+        #: (a coarse decoded frame against a sharp one fits the coding error, not the camera)
+        self.previous_source: np.ndarray | None = None
 
     def _render(self, q_layers: list[np.ndarray]) -> np.ndarray:
         layers = [dequantize(q, self.steps) for q in q_layers]
@@ -265,12 +270,13 @@ class _Encoder:
         model.layers = pruned
         return code_intra_layers(model, self.steps, self.settings.coder, geometric=True)
 
-    def _motion(self, previous: np.ndarray, rgb: np.ndarray) -> tuple[GlobalMotion | None, float]:
-        """The global motion P-frame layers are moved by (None: none pays) and the luma
-        PSNR of the previous decoded frame moved by it (-inf without one)."""
-        if not self.structure.global_motion:
+    def _motion(self, rgb: np.ndarray) -> tuple[GlobalMotion | None, float]:
+        """The global motion P-frame layers are moved by (None: none pays), measured from
+        the previous source frame to ``rgb``, and the luma PSNR of the previous source
+        frame moved by it (-inf without one)."""
+        if not self.structure.global_motion or self.previous_source is None:
             return None, -math.inf
-        estimate = estimate_global_motion(previous, rgb)
+        estimate = estimate_global_motion(self.previous_source, rgb)
         if estimate.gain >= self.structure.motion_gain:
             motion = to_global_motion(estimate, self.width, self.height, self.steps)
             if not motion.identity:
@@ -348,11 +354,10 @@ class _Encoder:
         chunks = decoded = None
         ftype = FRAME_I
         if self.reference is not None and self.since_i < s.gop:
-            previous = self._render(self.reference)
-            motion, moved_psnr = self._motion(previous, rgb)
+            motion, moved_psnr = self._motion(rgb)
             # a cut: the previous frame draws the new one badly, moved or not (a fast pan
             # is no cut)
-            if psnr(previous, rgb) < s.cut_psnr and moved_psnr < s.cut_psnr:
+            if psnr(self._render(self.reference), rgb) < s.cut_psnr and moved_psnr < s.cut_psnr:
                 cut = True
             else:
                 chunks, decoded = self.predicted(rgb, motion)
@@ -370,7 +375,7 @@ class _Encoder:
             value = self.gop_psnr = psnr_from_mse(levels[-1])
             self.rate_mse = self._anchor(levels)
         self.since_i += 1
-        self.reference = decoded
+        self.reference, self.previous_source = decoded, rgb
         chunks = [LayerChunk(c.layer, c.count, c.data, frame=index, reference=c.reference) for c in chunks]
         report = FrameReport(index, "I" if ftype == FRAME_I else "P", value, time.perf_counter() - start, [], cut)
         return ftype, chunks, report
