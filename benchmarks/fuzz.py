@@ -5,8 +5,8 @@
     python -m benchmarks.fuzz --replay fuzz-failures/case-123.json
 
 Every case starts from a seed stream (the golden tests/data/tiny.gsv, tiny_video.gsv
-and tiny_video_moved.gsv, and two synthetic ones whose streams use categorical and geometric
-models), applies one to three mutations at the level of the format's fields (header
+and tiny_video_moved.gsv, and synthetic ones whose streams use categorical, geometric,
+peaked and binned models), applies one to three mutations at the level of the format's fields (header
 and chunk fields, model descriptors, count tables, coded words, chunk order,
 truncation, bit flips), recomputes the chunk CRCs and, unless a mutation is about
 them, the FRAM layer sizes, so that the bytes reach the parsers and the entropy

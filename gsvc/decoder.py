@@ -407,21 +407,14 @@ def decode_video(source: Source, layers: int | None = None, scale: float = 1.0,
 
 
 def _motion_info(layer, header) -> dict:
-    """A moved layer's global motion as a user reads it: how far the picture's centre
-    moves (pixels, x and y), the zoom factor and the rotation (degrees, clockwise on
-    screen: image y points down)."""
-    import math
-
-    from .layer_codec import ZOOM_ONE, GlobalMotion
+    """A moved layer's global motion as a user reads it (``GlobalMotion.camera``)."""
+    from .layer_codec import GlobalMotion
 
     try:
         m, _ = GlobalMotion.read(layer.data)
     except StreamError as e:
         raise GsvcError(f"frame {layer.frame}: {e}") from None
-    a, b = m.zc / ZOOM_ONE, m.zs / ZOOM_ONE
-    cx, cy = header.width / 2.0, header.height / 2.0  # the centre moves to A C + t
-    pan = [m.tx * header.steps[0] + (a - 1.0) * cx - b * cy, m.ty * header.steps[1] + b * cx + (a - 1.0) * cy]
-    return {"pan": pan, "zoom": math.hypot(a, b), "rotation": math.degrees(math.atan2(b, a))}
+    return m.camera(header.width, header.height, header.steps)
 
 
 def stream_info(source: Source) -> dict:

@@ -22,11 +22,11 @@ writer can never disagree silently.
 """
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from bitstream import StreamError, decode_streams, encode_streams
 from bitstream.container import check_range
@@ -117,6 +117,15 @@ class GlobalMotion:
         out[:, 1] = self.ty + ((x * self.zs + y * self.zc + half) >> 16)
         out[:, 2:4] += self.ds
         return out
+
+    def camera(self, width: int, height: int, steps: tuple[float, ...]) -> dict:
+        """The motion as a camera's, about the picture's centre C: ``pan`` (pixels C
+        moves, x and y), ``zoom`` and ``rotation`` (degrees, clockwise on screen: image
+        y points down). C moves to A C + t (``motion.to_global_motion`` folds it in)."""
+        a, b = self.zc / ZOOM_ONE, self.zs / ZOOM_ONE
+        cx, cy = width / 2.0, height / 2.0
+        pan = [self.tx * steps[0] + (a - 1.0) * cx - b * cy, self.ty * steps[1] + b * cx + (a - 1.0) * cy]
+        return {"pan": pan, "zoom": math.hypot(a, b), "rotation": math.degrees(math.atan2(b, a))}
 
     def to_bytes(self) -> bytes:
         return write_svarints([self.tx, self.ty, self.zc - ZOOM_ONE, self.zs, self.ds])
