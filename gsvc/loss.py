@@ -13,6 +13,8 @@ import torch
 from numba import prange
 from torch import Tensor
 
+from .render.geometry import EPS
+
 
 @numba.njit(parallel=True, cache=True)
 def _sse_rows(pred, target):  # [R, C] float32 each -> [R] float64 partial sums
@@ -64,3 +66,102 @@ def clamped_mse(pred: Tensor, target: Tensor) -> Tensor:  # [H, W, 3] each -> sc
     if pred.device.type == "cpu" and pred.dtype == torch.float32 and target.dtype == torch.float32:
         return _ClampedMSE.apply(pred, target)
     return torch.mean((pred.clamp(0.0, 1.0) - target) ** 2)
+
+
+# --------------------------------------------------------------------------- the joint loss's two terms
+def _chol_grad(chol: np.ndarray, g_conics: np.ndarray) -> np.ndarray:  # [N, 3] each -> [N, 3] float64
+    """Chain a gradient w.r.t. the conics (ca, cb, cc) back to the log-Cholesky (a, b, r)
+    of ``render.geometry.conics_from_chol`` at scale 1, in float64."""
+    c = chol.astype(np.float64)
+    l1, l3 = np.exp(c[:, 0]), np.exp(c[:, 1])
+    l2 = c[:, 2] * l3
+    s11, s12, s22 = l1 * l1 + EPS, l1 * l2, l2 * l2 + l3 * l3 + EPS
+    inv = 1.0 / (s11 * s22 - s12 * s12)
+    inv2 = inv * inv
+    ga, gb, gc = g_conics[:, 0], g_conics[:, 1], g_conics[:, 2]
+    # conic = (s22, -s12, s11) / det, det = s11 s22 - s12^2
+    g11 = -ga * s22 * s22 * inv2 + gb * s12 * s22 * inv2 + gc * (inv - s11 * s22 * inv2)
+    g22 = ga * (inv - s11 * s22 * inv2) + gb * s12 * s11 * inv2 - gc * s11 * s11 * inv2
+    g12 = 2.0 * ga * s12 * s22 * inv2 - gb * (inv + 2.0 * s12 * s12 * inv2) + 2.0 * gc * s11 * s12 * inv2
+    # s11 = l1^2 + EPS, s12 = l1 l2, s22 = l2^2 + l3^2 + EPS; l1 = e^a, l3 = e^b, l2 = r l3
+    return np.stack([
+        2.0 * g11 * l1 * l1 + g12 * l1 * l2,
+        g12 * l1 * l2 + g22 * 2.0 * (l2 * l2 + l3 * l3),
+        g12 * l1 * l3 + g22 * 2.0 * l2 * l3,
+    ], axis=1)
+
+
+def _image_rows(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)
+
+
+class _SplitMSE(torch.autograd.Function):
+    """``split_mse`` on the numba kernels: one autograd node for what would otherwise be
+    two renders, their conics, a sum and two losses (~40 small tensor operations and
+    their backward each iteration)."""
+
+    @staticmethod
+    def forward(ctx, means, chol, colors, split, target):
+        from .render.geometry import conics_from_chol
+        from .render.numba_kernels import bin_boxes, forward_sum, pixel_boxes
+
+        h, w = target.shape[:2]
+        m = means.detach().contiguous().numpy()
+        ch = chol.detach().contiguous().numpy()
+        conics = np.ascontiguousarray(conics_from_chol(ch), dtype=np.float32)
+        col = colors.detach().contiguous().numpy()
+        tgt = target.detach().contiguous().numpy()
+        parts, images = [], []
+        for sl in (slice(0, split), slice(split, None)):
+            pm, pc, pcol = m[sl], conics[sl], col[sl]
+            boxes = pixel_boxes(pm, pc, h, w)
+            bins = bin_boxes(boxes, h, w, pm, pc)
+            images.append(forward_sum(pm, pc, pcol, h, w, boxes, bins))
+            parts.append((pm, pc, pcol, boxes, bins))
+        low, full = images[0], images[0] + images[1]
+        n = full.size
+        sse = [_sse_rows(_image_rows(full), _image_rows(tgt)).sum(), _sse_rows(_image_rows(low), _image_rows(tgt)).sum()]
+        ctx.saved = (parts, ch, low, full, tgt)
+        return torch.tensor([sse[0] / n, sse[1] / n], dtype=torch.float32)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        from .render.numba_kernels import backward_sum
+
+        parts, ch, low, full, tgt = ctx.saved
+        n = full.size
+        g_full = np.empty_like(full)
+        _grad(_image_rows(full), _image_rows(tgt), np.float32(2.0 * float(grad[0]) / n), _image_rows(g_full))
+        g_low = np.empty_like(low)
+        _grad(_image_rows(low), _image_rows(tgt), np.float32(2.0 * float(grad[1]) / n), _image_rows(g_low))
+        g_low += g_full
+        grads = [backward_sum(pm, pc, pcol, boxes, g, bins)
+                 for (pm, pc, pcol, boxes, bins), g in zip(parts, (g_low, g_full))]
+        g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
+        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, _chol_grad(ch, g_conics), g_colors)]
+        return out[0], out[1], out[2], None, None
+
+
+def split_mse_reference(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,
+                        backend: str = "torch") -> Tensor:  # -> [2]
+    """``split_mse`` as plain tensor operations on any render backend (the oracle)."""
+    from .render import render
+
+    h, w = target.shape[:2]
+    low = render(means[:split], chol[:split], colors[:split], h, w, backend=backend)
+    full = low + render(means[split:], chol[split:], colors[split:], h, w, backend=backend)
+    return torch.stack([clamped_mse(full, target), clamped_mse(low, target)])
+
+
+def split_mse(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,
+              backend: str = "torch") -> Tensor:  # [N, 2], [N, 3], [N, 3], [H, W, 3] -> [2]
+    """The two terms of the joint loss at scale 1: MSE of all N Gaussians' clamped
+    picture and of the first ``split`` Gaussians' (layers 1..k), against ``target``.
+    With the numba backend on float32 CPU tensors, one fused node (``_SplitMSE``: the
+    same renders; conic gradients chained to the Cholesky factors in float64)."""
+    fused = backend == "numba" and all(t.device.type == "cpu" and t.dtype == torch.float32
+                                       for t in (means, chol, colors, target))
+    if fused and 0 < split < means.shape[0]:
+        return _SplitMSE.apply(means, chol, colors, split, target)
+    return split_mse_reference(means, chol, colors, split, target, backend)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .layer_codec import ZC_RANGE, ZOOM_ONE, ZS_LIMIT, GlobalMotion
@@ -80,20 +81,86 @@ def _phase_shift(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     return float(dx - w if dx > w // 2 else dx), float(dy - h if dy > h // 2 else dy)
 
 
-def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``img`` sampled at (x, y), all inside [0, W - 1] x [0, H - 1]."""
-    h, w = img.shape
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2)
-    fx, fy = x - x0, y - y0
-    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+@numba.njit(cache=True)
+def _warp(prev, gx, gy, cur, theta, margin):  # -> [6, P]
+    """At every pixel p (raster order, inside the margin) whose u = B (p - C) + C + v lies
+    inside the margin too: the residual prev(u) - cur(p), the still one prev(p) - cur(p),
+    the gradient of prev at u (gx, gy) and p - C."""
+    h, w = prev.shape
+    alpha, beta, vx, vy = theta[0], theta[1], theta[2], theta[3]
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    size = (h - 2 * margin) * (w - 2 * margin)
+    out = np.empty((6, size))  # r, still, sx, sy, xs, ys
+    n = 0
+    for py in range(margin, h - margin):
+        y = py - cy
+        for px in range(margin, w - margin):
+            x = px - cx
+            ux = alpha * x + beta * y + cx + vx
+            uy = -beta * x + alpha * y + cy + vy
+            if ux >= margin and ux <= w - 1 - margin and uy >= margin and uy <= h - 1 - margin:
+                x0 = min(int(math.floor(ux)), w - 2)
+                y0 = min(int(math.floor(uy)), h - 2)
+                fx, fy = ux - x0, uy - y0
+                w00, w01 = (1.0 - fx) * (1.0 - fy), fx * (1.0 - fy)
+                w10, w11 = (1.0 - fx) * fy, fx * fy
+                out[0, n] = (prev[y0, x0] * w00 + prev[y0, x0 + 1] * w01 + prev[y0 + 1, x0] * w10
+                             + prev[y0 + 1, x0 + 1] * w11) - cur[py, px]
+                out[1, n] = prev[py, px] - cur[py, px]
+                out[2, n] = gx[y0, x0] * w00 + gx[y0, x0 + 1] * w01 + gx[y0 + 1, x0] * w10 + gx[y0 + 1, x0 + 1] * w11
+                out[3, n] = gy[y0, x0] * w00 + gy[y0, x0 + 1] * w01 + gy[y0 + 1, x0] * w10 + gy[y0 + 1, x0 + 1] * w11
+                out[4, n], out[5, n] = x, y
+                n += 1
+    return out[:, :n]
+
+
+@numba.njit(cache=True)
+def _normal_equations(r, sx, sy, xs, ys, scale):  # 5 x [P] -> [4, 4], [4]
+    """J^T W J and J^T W r of one Gauss-Newton step (Cauchy weights at ``scale``), summed
+    in order (the same on every machine and thread count)."""
+    normal = np.zeros((4, 4))
+    rhs = np.zeros(4)
+    n00 = n01 = n02 = n03 = n11 = n12 = n13 = n22 = n23 = n33 = 0.0
+    b0 = b1 = b2 = b3 = 0.0
+    for i in range(r.size):
+        t = r[i] / scale
+        weight = 1.0 / (1.0 + t * t)
+        j0 = sx[i] * xs[i] + sy[i] * ys[i]
+        j1 = sx[i] * ys[i] - sy[i] * xs[i]
+        j2, j3 = sx[i], sy[i]
+        w0, w1, w2, w3 = weight * j0, weight * j1, weight * j2, weight * j3
+        n00 += w0 * j0
+        n01 += w0 * j1
+        n02 += w0 * j2
+        n03 += w0 * j3
+        n11 += w1 * j1
+        n12 += w1 * j2
+        n13 += w1 * j3
+        n22 += w2 * j2
+        n23 += w2 * j3
+        n33 += w3 * j3
+        b0 += w0 * r[i]
+        b1 += w1 * r[i]
+        b2 += w2 * r[i]
+        b3 += w3 * r[i]
+    normal[0, 0], normal[0, 1], normal[0, 2], normal[0, 3] = n00, n01, n02, n03
+    normal[1, 1], normal[1, 2], normal[1, 3] = n11, n12, n13
+    normal[2, 2], normal[2, 3], normal[3, 3] = n22, n23, n33
+    for i in range(4):
+        for j in range(i):
+            normal[i, j] = normal[j, i]
+    rhs[0], rhs[1], rhs[2], rhs[3] = b0, b1, b2, b3
+    return normal, rhs
 
 
 def _cauchy_scale(r: np.ndarray) -> float:
     """The Cauchy weights' scale for residuals ``r``: a multiple of their robust spread."""
     return max(CAUCHY_K * 1.4826 * float(np.median(np.abs(r))), CAUCHY_FLOOR)
+
+
+def _plausible(theta: np.ndarray) -> bool:
+    """zoom 0.5x .. 2x, rotation under 60 degrees"""
+    return 0.25 < theta[0] ** 2 + theta[1] ** 2 < 4.0 and theta[0] > abs(theta[1]) * 0.57
 
 
 def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray,
@@ -105,50 +172,26 @@ def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray,
     motion most of the picture shares wins. Returns theta, the moved MSE and the still
     MSE over the pixels the moved frame covers, and the mean Cauchy cost at ``scale``
     (to compare fits from different starts)."""
-    h, w = prev.shape
     gy, gx = np.gradient(prev)
-    ys, xs = np.mgrid[MARGIN : h - MARGIN, MARGIN : w - MARGIN].astype(np.float64)
-    X, Y = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
-    target = cur[MARGIN : h - MARGIN, MARGIN : w - MARGIN]
-
-    def inside(theta: np.ndarray):
-        alpha, beta, vx, vy = theta
-        ux = alpha * X + beta * Y + (w - 1) / 2.0 + vx
-        uy = -beta * X + alpha * Y + (h - 1) / 2.0 + vy
-        ok = (ux >= MARGIN) & (ux <= w - 1 - MARGIN) & (uy >= MARGIN) & (uy <= h - 1 - MARGIN)
-        return ux[ok], uy[ok], ok
-
-    def plausible(theta: np.ndarray) -> bool:  # zoom 0.5x .. 2x, rotation under 60 degrees
-        return 0.25 < theta[0] ** 2 + theta[1] ** 2 < 4.0 and theta[0] > abs(theta[1]) * 0.57
-
     for _ in range(ITERATIONS):
-        ux, uy, ok = inside(theta)
-        if ok.sum() < 64:
+        r, _still, sx, sy, xs, ys = _warp(prev, gx, gy, cur, theta, MARGIN)
+        if r.size < 64:
             break
-        r = _bilinear(prev, ux, uy) - target[ok]
-        weight = 1.0 / (1.0 + (r / _cauchy_scale(r)) ** 2)
-        sx, sy = _bilinear(gx, ux, uy), _bilinear(gy, ux, uy)
-        x, y = X[ok], Y[ok]
-        jac = np.stack([sx * x + sy * y, sx * y - sy * x, sx, sy], axis=1)
-        wjac = jac * weight[:, None]
-        # sums, not BLAS products: pairwise summation is the same on every thread count
-        normal = np.array([[np.sum(wjac[:, i] * jac[:, j]) for j in range(4)] for i in range(4)])
+        normal, rhs = _normal_equations(r, sx, sy, xs, ys, _cauchy_scale(r))
         if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
             break
-        delta = -np.linalg.solve(normal, np.array([np.sum(wjac[:, i] * r) for i in range(4)]))
+        delta = -np.linalg.solve(normal, rhs)
         theta = theta + delta
-        if not plausible(theta):
+        if not _plausible(theta):
             break
         if abs(delta[0]) < 1e-5 and abs(delta[1]) < 1e-5 and abs(delta[2]) < 1e-3 and abs(delta[3]) < 1e-3:
             break
-    ux, uy, ok = inside(theta)
-    if ok.sum() < 64 or not plausible(theta):
+    r, still = _warp(prev, gx, gy, cur, theta, MARGIN)[:2]
+    if r.size < 64 or not _plausible(theta):
         theta = np.array([1.0, 0.0, 0.0, 0.0])
-        ux, uy, ok = inside(theta)
-    r = _bilinear(prev, ux, uy) - target[ok]
+        r, still = _warp(prev, gx, gy, cur, theta, MARGIN)[:2]
     moved = float(np.mean(r**2))
-    still = float(np.mean((prev[MARGIN : h - MARGIN, MARGIN : w - MARGIN][ok] - target[ok]) ** 2))
-    return theta, moved, still, float(np.mean(np.log1p((r / scale) ** 2)))
+    return theta, moved, float(np.mean(still**2)), float(np.mean(np.log1p((r / scale) ** 2)))
 
 
 def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionEstimate:  # 2 x [H, W, 3] uint8

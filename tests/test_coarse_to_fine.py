@@ -1,4 +1,6 @@
 """Coarse-to-fine fitting and early stopping: the schedule, the coarse render, determinism."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from gsvc.presets import PRESETS, train_settings
 from gsvc.quantize import QuantSettings
 from gsvc.render import render
 from gsvc.render.resample import area_shrink
-from gsvc.train import TrainSettings, _Plateau, coarse_render, fit
+from gsvc.train import PERFECT_RUN, TrainSettings, _Plateau, coarse_render, fit
 
 STEPS = QuantSettings().steps()
 
@@ -78,7 +80,11 @@ def test_plateau_skips_to_the_end_of_a_flat_phase_only():
     assert all(p.skip(done, 30.0) == 0 for done in range(851, 900))  # the last phase ends on no stall
     p = _Plateau(s, phase_ends=[400, 850, 1000])
     done = 851 + next(i for i in range(20) if p.skip(851 + i, 55.0))
-    assert done == 851 + s.plateau_window - 1  # ... once one window is past plateau_psnr_db
+    assert done == 851 + PERFECT_RUN - 1  # ... once a few iterations in a row are past plateau_psnr_db
+    p = _Plateau(replace(s, plateau_window=50), phase_ends=[400, 850, 1000])
+    psnrs = [55.0] * 4 + [49.0] + [55.0] * 40  # one iteration below breaks the run
+    done = 851 + next(i for i, v in enumerate(psnrs) if p.skip(851 + i, v))
+    assert done == 851 + 4 + PERFECT_RUN
 
 
 def test_coarse_to_fine_with_early_stopping_is_deterministic_and_reports_progress(crop):
@@ -104,14 +110,14 @@ def test_flat_picture_stops_early(crop):
 
 def test_black_frame_skips_the_warm_up_stages():
     """A picture already drawn perfectly (black: a fade, the first frame of a film)
-    ends every phase once one window shows it: each warm-up stage, the full-size phase
-    and the quantization-aware share."""
+    ends every phase after a few iterations that show it (PERFECT_RUN): each warm-up
+    stage, the full-size phase and the quantization-aware share."""
     black = torch.zeros((24, 32, 3))
     settings = TrainSettings(iterations=400, warmup_share=0.25, plateau_window=10)
     calls = []
     first = fit(black, (12, 6, 6), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d))
-    assert len([d for d in calls if d <= 200]) == 2 * 10  # two warm-ups of 100 iterations
-    assert len(calls) == 4 * 10 and calls[-1] == 400
+    assert len([d for d in calls if d <= 200]) == 2 * PERFECT_RUN  # two warm-ups of 100 iterations
+    assert len(calls) == 4 * PERFECT_RUN and calls[-1] == 400
     second = fit(black, (12, 6, 6), settings, STEPS, backend="numba")
     for a, b in zip(first.layers, second.layers):
         assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors()))

@@ -14,7 +14,7 @@ from gsvc.decoder import decode_video, open_video, stream_info
 from gsvc.encoder import EncodeSettings
 from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, decode_predicted, encode_predicted
 from gsvc.metrics import psnr
-from gsvc.motion import MotionEstimate, estimate_global_motion, to_global_motion
+from gsvc.motion import MARGIN, MotionEstimate, _normal_equations, _warp, estimate_global_motion, to_global_motion
 from gsvc.train import TrainSettings
 from gsvc.video_encoder import CodingStructure, encode_video
 
@@ -253,3 +253,43 @@ def test_shapes_moving_on_a_still_background_move_no_layer():
     out = io.BytesIO()
     encode_video(iter(clip), out, 64, 48, Fraction(12), settings, CodingStructure(p_share=0.3))
     assert _moved_layers(out.getvalue()) == [[0, 0, 0]] + [[REF_PREVIOUS] * 3] * 3
+
+
+def _warp_reference(prev, cur, theta):
+    """``motion._warp``'s residuals, still residuals and gradients, as plain numpy."""
+    h, w = prev.shape
+    gy, gx = np.gradient(prev)
+    ys, xs = np.mgrid[MARGIN : h - MARGIN, MARGIN : w - MARGIN].astype(np.float64)
+    X, Y = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
+    alpha, beta, vx, vy = theta
+    ux, uy = alpha * X + beta * Y + (w - 1) / 2.0 + vx, -beta * X + alpha * Y + (h - 1) / 2.0 + vy
+    ok = (ux >= MARGIN) & (ux <= w - 1 - MARGIN) & (uy >= MARGIN) & (uy <= h - 1 - MARGIN)
+    ux, uy = ux[ok], uy[ok]
+
+    def sample(img):
+        x0 = np.minimum(np.floor(ux).astype(np.int64), w - 2)
+        y0 = np.minimum(np.floor(uy).astype(np.int64), h - 2)
+        fx, fy = ux - x0, uy - y0
+        top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+        return top * (1 - fy) + (img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx) * fy
+
+    target = cur[MARGIN : h - MARGIN, MARGIN : w - MARGIN][ok]
+    still = prev[MARGIN : h - MARGIN, MARGIN : w - MARGIN][ok] - target
+    return np.stack([sample(prev) - target, still, sample(gx), sample(gy), X[ok], Y[ok]])
+
+
+def test_the_gauss_newton_kernels_match_plain_numpy():
+    rng = np.random.default_rng(5)
+    prev, cur = rng.random((40, 56)), rng.random((40, 56))
+    theta = np.array([1.02, 0.03, 1.7, -2.4])  # zoom, roll and pan: some pixels leave the picture
+    got = _warp(prev, *np.gradient(prev)[::-1], cur, theta, MARGIN)
+    ref = _warp_reference(prev, cur, theta)
+    assert got.shape == ref.shape and 0 < ref.shape[1] < (40 - 2 * MARGIN) * (56 - 2 * MARGIN)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    r, _, sx, sy, x, y = ref
+    scale = 0.3
+    weight = 1.0 / (1.0 + (r / scale) ** 2)
+    jac = np.stack([sx * x + sy * y, sx * y - sy * x, sx, sy], axis=1)
+    normal, rhs = _normal_equations(r, sx, sy, x, y, scale)
+    np.testing.assert_allclose(normal, (jac * weight[:, None]).T @ jac, rtol=1e-10)
+    np.testing.assert_allclose(rhs, (jac * weight[:, None]).T @ r, rtol=1e-10)

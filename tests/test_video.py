@@ -425,7 +425,8 @@ def test_p_frames_price_bits_against_their_gops_distortion(clip):
     from gsvc.video_encoder import _Encoder
 
     def p_bytes(slope: float) -> tuple[int, list[float]]:
-        enc = _Encoder(SETTINGS, CodingStructure(p_share=0.3, rate_slope=slope), 64, 48)
+        # no re-coding as I-frames: at the steep slope a P-frame may fall 3 dB below its I-frame
+        enc = _Encoder(SETTINGS, CodingStructure(p_share=0.3, rate_slope=slope, cut_drop_db=99), 64, 48)
         enc.frame(0, clip[0])
         anchor = enc.rate_mse
         total = 0
@@ -448,3 +449,41 @@ def test_p_frames_price_bits_against_their_gops_distortion(clip):
     enc.frame(1, clip[1])  # a fade-in: coded as a P-frame (no cut here), which anchors
     decoded = enc._render(enc.reference)
     assert enc.rate_mse is not None and enc.rate_mse[-1] == pytest.approx(mse(decoded, clip[1]))
+
+
+def test_p_frame_rate_and_shrink_on_the_cpu_match_their_tensor_form():
+    """The P-frames' rate proxy and proximal step run as numpy on the CPU; they must be
+    the tensor expressions of the other devices, values, gradients and steps."""
+    import torch
+
+    from gsvc.model import GaussianLayer
+    from gsvc.quantize import QuantSettings
+    from gsvc.video_encoder import _rate_bits, _shrink_towards
+
+    g = torch.Generator().manual_seed(0)
+    steps = torch.tensor(QuantSettings().steps(), dtype=torch.float32)
+    base = torch.round(torch.randn(40, 8, generator=g) * 20)
+
+    def layer():
+        cols = (torch.cat([base, base[:10]]) + torch.randint(-3, 4, (50, 8), generator=torch.Generator().manual_seed(1)) * 0.5) * steps
+        cols[:5] = base[:5] * steps  # unchanged values: the proxy's kink
+        return GaussianLayer(*(cols[:, a:b].clone().requires_grad_() for a, b in ((0, 2), (2, 5), (5, 8))))
+
+    fast, slow = layer(), layer()
+    value = _rate_bits(base, steps)(fast)
+    expected = 2.0 * (torch.cat(slow.tensors(), dim=1)[:40] / steps - base).abs().sum()
+    (value * 3).backward()
+    (expected * 3).backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6) and value.item() > 0
+    for a, b in zip(fast.tensors(), slow.tensors()):
+        assert torch.equal(a.grad, b.grad)
+    assert float(fast.means.grad[40:].abs().sum()) == 0.0  # new Gaussians cost no rate here
+    fast, slow = layer(), layer()
+    with torch.no_grad():
+        _shrink_towards(base, steps, 0.2)(fast, 0.7)
+        for t, (lo, hi) in zip(slow.tensors(), ((0, 2), (2, 5), (5, 8))):
+            b, st = base[:, lo:hi], steps[lo:hi]
+            t[:40] = (b + torch.nn.functional.softshrink(t[:40] / st - b, 0.2 * 0.7)) * st
+    for a, b in zip(fast.tensors(), slow.tensors()):
+        assert torch.equal(a, b)
+    assert not torch.equal(fast.colors, layer().colors)  # the step moved something
