@@ -12,9 +12,10 @@ The model is a similarity about the picture's centre C: ``p' = zoom * R(angle) (
 correlation, then robust Gauss-Newton (Cauchy weights: a moving object does not drag
 the camera's motion along) over the pixels both frames see, on the inverse map
 ``u = B (p - C) + C + v`` (B a scaled rotation), which is linear in its four numbers.
-Everything is float64 numpy without multi-threaded reductions (no BLAS products): the
-same frames give the same motion on any thread count, so serial and parallel encodes
-write the same bytes.
+Everything is float64, and every sum is taken in one fixed order (the Gauss-Newton
+step's warp and normal equations are serial numba loops over the pixels in raster
+order; no BLAS products, no parallel reductions): the same frames give the same
+motion on any thread count, so serial and parallel encodes write the same bytes.
 """
 from __future__ import annotations
 
