@@ -95,6 +95,43 @@ def _image_rows(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
+@numba.njit(parallel=True, cache=True)
+def _split_sse_rows(low, high, target):  # [R, C] float32 each -> [R, 2] float64
+    """high <- low + high (the full picture, in place); per row, the squared errors of
+    the clamped full and low pictures (``_sse_rows`` of each, in its order)."""
+    rows, cols = low.shape
+    out = np.zeros((rows, 2), dtype=np.float64)
+    for r in prange(rows):
+        acc_full = 0.0
+        acc_low = 0.0
+        for c in range(cols):
+            lo = low[r, c]
+            full = lo + high[r, c]
+            high[r, c] = full
+            v = min(max(full, np.float32(0.0)), np.float32(1.0)) - target[r, c]
+            acc_full += v * v
+            u = min(max(lo, np.float32(0.0)), np.float32(1.0)) - target[r, c]
+            acc_low += u * u
+        out[r, 0] = acc_full
+        out[r, 1] = acc_low
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _split_grad(low, full, target, scale_full, scale_low, g_low, g_full):
+    """The clamped MSEs' gradients (``_grad``): g_full of the full picture's term, g_low
+    of both terms for the low picture (it is part of the full one)."""
+    rows, cols = low.shape
+    for r in prange(rows):
+        for c in range(cols):
+            p = full[r, c]
+            gf = np.float32(0.0) if p < np.float32(0.0) or p > np.float32(1.0) else scale_full * (p - target[r, c])
+            q = low[r, c]
+            gl = np.float32(0.0) if q < np.float32(0.0) or q > np.float32(1.0) else scale_low * (q - target[r, c])
+            g_full[r, c] = gf
+            g_low[r, c] = gl + gf
+
+
 class _SplitMSE(torch.autograd.Function):
     """``split_mse`` on the numba kernels: one autograd node for what would otherwise be
     two renders, their conics, a sum and two losses (~40 small tensor operations and
@@ -118,11 +155,11 @@ class _SplitMSE(torch.autograd.Function):
             bins = bin_boxes(boxes, h, w, pm, pc)
             images.append(forward_sum(pm, pc, pcol, h, w, boxes, bins))
             parts.append((pm, pc, pcol, boxes, bins))
-        low, full = images[0], images[0] + images[1]
+        low, full = images  # full: low + high, summed in place by _split_sse_rows
         n = full.size
-        sse = [_sse_rows(_image_rows(full), _image_rows(tgt)).sum(), _sse_rows(_image_rows(low), _image_rows(tgt)).sum()]
+        sse = _split_sse_rows(_image_rows(low), _image_rows(full), _image_rows(tgt))
         ctx.saved = (parts, ch, low, full, tgt)
-        return torch.tensor([sse[0] / n, sse[1] / n], dtype=torch.float32)
+        return torch.tensor([sse[:, 0].sum() / n, sse[:, 1].sum() / n], dtype=torch.float32)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -131,11 +168,9 @@ class _SplitMSE(torch.autograd.Function):
 
         parts, ch, low, full, tgt = ctx.saved
         n = full.size
-        g_full = np.empty_like(full)
-        _grad(_image_rows(full), _image_rows(tgt), np.float32(2.0 * float(grad[0]) / n), _image_rows(g_full))
-        g_low = np.empty_like(low)
-        _grad(_image_rows(low), _image_rows(tgt), np.float32(2.0 * float(grad[1]) / n), _image_rows(g_low))
-        g_low += g_full
+        g_full, g_low = np.empty_like(full), np.empty_like(low)
+        _split_grad(_image_rows(low), _image_rows(full), _image_rows(tgt), np.float32(2.0 * float(grad[0]) / n),
+                    np.float32(2.0 * float(grad[1]) / n), _image_rows(g_low), _image_rows(g_full))
         grads = [backward_sum(pm, pc, pcol, boxes, g, bins)
                  for (pm, pc, pcol, boxes, bins), g in zip(parts, (g_low, g_full))]
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
