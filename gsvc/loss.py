@@ -4,6 +4,11 @@
 gradient torch's clamp gives (zero where pred leaves [0, 1]). On the CPU it is one
 numba pass forward and one backward instead of eight tensor operations over the image,
 and the sum is taken in float64 in a fixed order (deterministic).
+
+``split_mse`` gives the joint loss's two terms (the MSE of all layers and of layers
+1..k) from the Gaussians themselves; with the numba backend one autograd node does the
+two renders, both losses and the backward down to the Cholesky factors
+(``split_mse_reference`` is the same as plain tensor operations, the tests' oracle).
 """
 from __future__ import annotations
 
@@ -167,12 +172,15 @@ class _SplitMSE(torch.autograd.Function):
         from .render.numba_kernels import backward_sum
 
         parts, ch, low, full, tgt = ctx.saved
+        ctx.saved = None  # the graph (and ctx) lives on until the next iteration's loss replaces it
         n = full.size
         g_full, g_low = np.empty_like(full), np.empty_like(low)
         _split_grad(_image_rows(low), _image_rows(full), _image_rows(tgt), np.float32(2.0 * float(grad[0]) / n),
                     np.float32(2.0 * float(grad[1]) / n), _image_rows(g_low), _image_rows(g_full))
-        grads = [backward_sum(pm, pc, pcol, boxes, g, bins)
-                 for (pm, pc, pcol, boxes, bins), g in zip(parts, (g_low, g_full))]
+        del low, full  # the renders' backward runs with the two gradients alone (12 MP: 144 MB a picture)
+        grads = [backward_sum(*parts[0][:4], g_low, parts[0][4])]
+        del g_low
+        grads.append(backward_sum(*parts[1][:4], g_full, parts[1][4]))
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
         out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, _chol_grad(ch, g_conics), g_colors)]
         return out[0], out[1], out[2], None, None

@@ -193,6 +193,7 @@ class _StepL1(torch.autograd.Function):
     def backward(ctx, grad):
         g = np.zeros((ctx.count, 8), dtype=np.float32)
         g[: ctx.slope.shape[0]] = ctx.slope * np.float32(grad)
+        ctx.slope = None
         parts = (g[:, :2], g[:, 2:5], g[:, 5:])
         return tuple(torch.from_numpy(np.ascontiguousarray(p)) for p in parts) + (None, None)
 

@@ -37,6 +37,7 @@ class _RasterizeSum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         m, c, col, boxes, bins = ctx.arrays
+        ctx.arrays = None  # once differentiable: the bins need not outlive this call
         grads = backward_sum(m, c, col, boxes, _as_f32(grad_out), bins)
         out = [
             torch.from_numpy(g).to(device=dev, dtype=dt) if need else None
