@@ -18,7 +18,7 @@ import torch
 from numba import prange
 from torch import Tensor
 
-from .render.geometry import EPS
+from .render.geometry import EPS, conics_from_chol
 
 
 @numba.njit(parallel=True, cache=True)
@@ -144,7 +144,6 @@ class _SplitMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, chol, colors, split, target):
-        from .render.geometry import conics_from_chol
         from .render.numba_kernels import bin_boxes, forward_sum, pixel_boxes
 
         h, w = target.shape[:2]

@@ -164,7 +164,7 @@ def _plausible(theta: np.ndarray) -> bool:
     return 0.25 < theta[0] ** 2 + theta[1] ** 2 < 4.0 and theta[0] > abs(theta[1]) * 0.57
 
 
-def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray,
+def _fit(prev: np.ndarray, gx: np.ndarray, gy: np.ndarray, cur: np.ndarray, theta: np.ndarray,
          scale: float) -> tuple[np.ndarray, float, float, float]:
     """Robust Gauss-Newton (Cauchy weights, re-estimated each step) on the inverse map
     theta = (alpha, beta, vx, vy) (pixels of these pictures), linear in theta:
@@ -172,8 +172,7 @@ def _fit(prev: np.ndarray, cur: np.ndarray, theta: np.ndarray,
     Pixels that move otherwise (an object crossing a still scene) weigh little, so the
     motion most of the picture shares wins. Returns theta, the moved MSE and the still
     MSE over the pixels the moved frame covers, and the mean Cauchy cost at ``scale``
-    (to compare fits from different starts)."""
-    gy, gx = np.gradient(prev)
+    (to compare fits from different starts). ``gx``, ``gy``: the gradient of ``prev``."""
     for _ in range(ITERATIONS):
         r, _still, sx, sy, xs, ys = _warp(prev, gx, gy, cur, theta, MARGIN)
         if r.size < 64:
@@ -206,10 +205,11 @@ def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionE
         return MotionEstimate(0.0, 0.0, 1.0, 0.0, still, still)
     scale = _cauchy_scale(prev - cur)  # one scale to compare the fits from each start
     dx, dy = _phase_shift(prev, cur)  # cur(p) ~ prev(p - d): u = p - d
-    theta, moved, still, cost = _fit(prev, cur, np.array([1.0, 0.0, -dx, -dy]), scale)
+    gy, gx = np.gradient(prev)  # one gradient for the fits from both starts
+    theta, moved, still, cost = _fit(prev, gx, gy, cur, np.array([1.0, 0.0, -dx, -dy]), scale)
     if (dx, dy) != (0.0, 0.0):
         # the correlation's peak may be an object's, not the scene's: try from no motion too
-        alt, alt_moved, alt_still, alt_cost = _fit(prev, cur, np.array([1.0, 0.0, 0.0, 0.0]), scale)
+        alt, alt_moved, alt_still, alt_cost = _fit(prev, gx, gy, cur, np.array([1.0, 0.0, 0.0, 0.0]), scale)
         if alt_cost < cost:
             theta, moved, still = alt, alt_moved, alt_still
     # the forward map: p' = A (p - c) + c + t, A = B^-1 = [[zc, -zs], [zs, zc]], t = -A v
