@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .decoder import output_size
+from .colour_solve import ColourSolve, solve_colours
 from .metrics import psnr_from_mse
 from .loss import clamped_mse, split_mse
 from .init import init_base_layer, init_enhancement_layer
@@ -140,6 +141,11 @@ class TrainSettings:
     #: price only the tails of the model (a Laplace proxy; the setting measured in
     #: docs/results.md), not the exact code length with its jump at the mode
     rate_tails: bool = True
+    #: after the last iteration, solve the colours for the joint objective on the
+    #: quantized geometry (``colour_solve``; Adam leaves them short of it). Joint mode at
+    #: full size without a rate term only: a rate term shapes the colours for their bits,
+    #: which a least-squares solve would undo. ``ColourSolve(steps=0)``: off
+    colour_solve: ColourSolve = ColourSolve()
 
     def __post_init__(self) -> None:
         self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)
@@ -585,4 +591,8 @@ def fit(
                 done += skip
             if progress is not None:
                 progress(done, total, psnr)
-    return LayeredImage(w, h, [l.detached() for l in layers])
+    final = [l.detached() for l in layers]
+    full_size = all(settings.intermediate_scale(k) == 1.0 for k in range(1, num_layers))
+    if not sequential and settings.rate_slope == 0 and full_size:
+        final = solve_colours(final, target, steps, settings.intermediate_weight, backend, settings.colour_solve)
+    return LayeredImage(w, h, final)

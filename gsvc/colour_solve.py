@@ -1,0 +1,170 @@
+"""The last step of a fit: each Gaussian's colour solved for, given the geometry the
+decoder will see.
+
+The picture is linear in the colours (the additive sum), so once positions and shapes
+are fixed, the P-GSVC objective
+
+    f(c) = sum_k w_k * mean((clamp(P_k(c), 0, 1) - T)^2),  P_k(c) = sum_{l <= k} R_l c_l
+
+(w_L = 1 for all layers, w_k = intermediate_weight / (L - 1) for the prefixes 1..k that
+training cycles through) is a least-squares problem in the colours, up to the clamp.
+Adam leaves it short of its minimum: the cyclic objective switches every iteration, the
+learning rate has decayed, and the quantization-aware share moves the colours through a
+straight-through rounding. A few Gauss-Newton steps on the colours alone (pixels where
+the clamp is active hold no gradient: they are masked, the mask refreshed each step),
+each solved by conjugate gradients and kept only where it lowers f, close most of that
+gap for the cost of a few dozen training iterations (docs/results.md, "Colours solved
+at the end of a fit").
+
+Operators: ``R_l c`` is a render of layer l with colours c; ``R_l^T Y`` is the colour
+gradient of <render, Y>, which autograd gives on any backend (the render is linear in
+the colours, so it is taken at zero colours).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import GaussianLayer
+from .render import render
+
+
+@dataclass(frozen=True)
+class ColourSolve:
+    """How many steps the colour solve takes (``TrainSettings.colour_solve``)."""
+
+    #: Gauss-Newton steps (clamp masks refreshed each step); 0: no solve
+    steps: int = 3
+    #: conjugate-gradient iterations per step (each about one training iteration)
+    cg_iterations: int = 10
+    #: step halvings tried before a step that does not lower the objective is dropped
+    backtracks: int = 4
+    #: ridge (Levenberg-Marquardt damping) relative to the Hessian's scale along the
+    #: first residual: keeps the step bounded where the colours are underdetermined (a
+    #: pixel under many Gaussians: a 1x1 picture), at no cost elsewhere
+    damping: float = 1e-3
+
+
+def _quantized(t: Tensor, steps: Tensor) -> Tensor:
+    return torch.round(t / steps) * steps
+
+
+class _Operators:
+    """R_l and R_l^T of each layer, on the geometry the decoder will draw."""
+
+    def __init__(self, layers: list[GaussianLayer], steps: tuple[float, ...], height: int, width: int,
+                 backend: str):
+        self.h, self.w, self.backend = height, width, backend
+        self.geometry = []
+        for layer in layers:
+            s = torch.tensor(steps, dtype=layer.means.dtype, device=layer.means.device)
+            self.geometry.append((_quantized(layer.means.detach(), s[0:2]), _quantized(layer.chol.detach(), s[2:5])))
+
+    def forward(self, l: int, colours: Tensor) -> Tensor:  # [N_l, 3] -> [H, W, 3]
+        means, chol = self.geometry[l]
+        return render(means, chol, colours, self.h, self.w, backend=self.backend)
+
+    def transpose(self, l: int, image: Tensor) -> Tensor:  # [H, W, 3] -> [N_l, 3]
+        means, _ = self.geometry[l]
+        zero = means.new_zeros((means.shape[0], 3), requires_grad=True)
+        with torch.enable_grad():
+            out = self.forward(l, zero)
+            (grad,) = torch.autograd.grad(out, zero, grad_outputs=image)
+        return grad
+
+
+def objective_weights(num_layers: int, intermediate_weight: float) -> list[float]:
+    """w_k of the prefixes 1..L: the joint loss averaged over its cycle of k."""
+    if num_layers == 1:
+        return [1.0]
+    return [intermediate_weight / (num_layers - 1)] * (num_layers - 1) + [1.0]
+
+
+def _prefixes(pictures: list[Tensor]) -> list[Tensor]:
+    out, acc = [], None
+    for p in pictures:
+        acc = p if acc is None else acc + p
+        out.append(acc)
+    return out
+
+
+def clamped_objective(prefixes: list[Tensor], target: Tensor, weights: list[float]) -> float:
+    return float(sum(w * torch.mean((p.clamp(0.0, 1.0) - target) ** 2) for w, p in zip(weights, prefixes)))
+
+
+def objective_gradient(ops: _Operators, prefixes: list[Tensor], masks: list[Tensor], target: Tensor,
+                       weights: list[float]) -> list[Tensor]:
+    """d f / d c_l per layer, times (pixels / 2): sum_{k >= l} w_k R_l^T (M_k (P_k - T))."""
+    return _apply_transposed(ops, [m * (p - target) for m, p in zip(masks, prefixes)], weights)
+
+
+def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float]) -> list[Tensor]:
+    """[sum_{k >= l} w_k R_l^T images_k for each layer l] (one transpose per layer)."""
+    out, acc = [], None
+    for k in reversed(range(len(images))):
+        acc = weights[k] * images[k] if acc is None else acc + weights[k] * images[k]
+        out.append(ops.transpose(k, acc))
+    return out[::-1]
+
+
+def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[float, ...],
+                  intermediate_weight: float, backend: str,
+                  settings: ColourSolve = ColourSolve()) -> list[GaussianLayer]:
+    """``layers`` with colours that lower the joint objective on their quantized geometry
+    (module docstring); positions and shapes untouched. Deterministic."""
+    if settings.steps <= 0 or not layers:
+        return layers
+    h, w = target.shape[:2]
+    ops = _Operators(layers, steps, h, w, backend)
+    weights = objective_weights(len(layers), intermediate_weight)
+    x = [l.colors.detach().clone() for l in layers]
+    # colours stay within what the fit itself reached (and far from the coder's limits)
+    limit = max(2.0, 2.0 * max(float(c.abs().max()) if c.numel() else 0.0 for c in x))
+
+    def pictures(colours: list[Tensor]) -> list[Tensor]:
+        with torch.no_grad():
+            return _prefixes([ops.forward(l, c) for l, c in enumerate(colours)])
+
+    prefixes = pictures(x)
+    best = clamped_objective(prefixes, target, weights)
+    for _ in range(settings.steps):
+        masks = [((p >= 0.0) & (p <= 1.0)).to(p.dtype) for p in prefixes]
+
+        def hessian(v: list[Tensor]) -> list[Tensor]:
+            return _apply_transposed(ops, [m * q for m, q in zip(masks, pictures(v))], weights)
+
+        r = [-g for g in objective_gradient(ops, prefixes, masks, target, weights)]
+        p = [t.clone() for t in r]
+        d = [torch.zeros_like(t) for t in r]
+        rs = sum(float((t * t).sum()) for t in r)
+        ridge = None
+        for _ in range(settings.cg_iterations):
+            if rs == 0.0:
+                break
+            hp = hessian(p)
+            if ridge is None:  # the Hessian's scale along the first residual (p = r)
+                ridge = settings.damping * sum(float((a * b).sum()) for a, b in zip(p, hp)) / rs
+            hp = [a + ridge * b for a, b in zip(hp, p)]
+            php = sum(float((a * b).sum()) for a, b in zip(p, hp))
+            if not php > 0.0:
+                break
+            alpha = rs / php
+            d = [a + alpha * b for a, b in zip(d, p)]
+            r = [a - alpha * b for a, b in zip(r, hp)]
+            rs_new = sum(float((t * t).sum()) for t in r)
+            p = [a + (rs_new / rs) * b for a, b in zip(r, p)]
+            rs = rs_new
+        t, improved = 1.0, False
+        for _ in range(settings.backtracks + 1):
+            trial = [(a + t * b).clamp(-limit, limit) for a, b in zip(x, d)]
+            trial_prefixes = pictures(trial)
+            value = clamped_objective(trial_prefixes, target, weights)
+            if value < best:
+                x, prefixes, best, improved = trial, trial_prefixes, value, True
+                break
+            t *= 0.5
+        if not improved:
+            break
+    return [GaussianLayer(l.means.detach(), l.chol.detach(), c.detach()) for l, c in zip(layers, x)]

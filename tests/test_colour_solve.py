@@ -1,0 +1,118 @@
+"""The colour solve at the end of a fit (gsvc/colour_solve.py): its gradient and Hessian
+against autograd of the clamped objective, that it lowers the objective on the decoded
+geometry, and that fits stay deterministic."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gsvc.colour_solve import (
+    ColourSolve, _Operators, _prefixes, clamped_objective, objective_gradient, objective_weights, solve_colours,
+)
+from gsvc.encoder import EncodeSettings, encode_image
+from gsvc.model import GaussianLayer
+from gsvc.presets import train_settings
+
+STEPS = (1 / 8, 1 / 8, 1 / 32, 1 / 32, 1 / 16, 1 / 128, 1 / 128, 1 / 128)
+
+
+def _layers(seed: int, counts=(40, 25, 15), h=24, w=32) -> list[GaussianLayer]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in counts:
+        means = torch.rand(n, 2, generator=g) * torch.tensor([w, h])
+        chol = torch.cat([torch.rand(n, 2, generator=g) * 1.5 - 0.2, torch.randn(n, 1, generator=g) * 0.3], 1)
+        colors = torch.rand(n, 3, generator=g) * 0.8 - 0.1
+        out.append(GaussianLayer(means, chol, colors))
+    return out
+
+
+def _target(seed: int, h=24, w=32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([x, y, 0.5 * (x + y)], -1)
+    return (base + 0.05 * torch.randn(h, w, 3, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_gradient_matches_autograd_of_the_clamped_objective(backend):
+    layers, target = _layers(0), _target(1)
+    h, w = target.shape[:2]
+    ops = _Operators(layers, STEPS, h, w, backend)
+    weights = objective_weights(len(layers), 1.0)
+    colours = [l.colors.clone().requires_grad_(True) for l in layers]
+    prefixes = _prefixes([ops.forward(l, c) for l, c in enumerate(colours)])
+    f = sum(wk * torch.mean((p.clamp(0, 1) - target) ** 2) for wk, p in zip(weights, prefixes))
+    expected = torch.autograd.grad(f, colours)
+    detached = [p.detach() for p in prefixes]
+    masks = [((p >= 0) & (p <= 1)).float() for p in detached]
+    got = objective_gradient(ops, detached, masks, target, weights)
+    scale = 2.0 / target.numel()  # objective_gradient leaves out d mean / d pixel
+    for e, g_ in zip(expected, got):
+        torch.testing.assert_close(g_ * scale, e, rtol=1e-4, atol=1e-7)
+    assert float(f.detach()) == pytest.approx(clamped_objective(detached, target, weights), rel=1e-6)
+
+
+def test_weights_are_the_joint_loss_averaged_over_its_cycle():
+    assert objective_weights(1, 1.0) == [1.0]
+    assert objective_weights(3, 1.0) == [0.5, 0.5, 1.0]
+    assert objective_weights(4, 0.6) == pytest.approx([0.2, 0.2, 0.2, 1.0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_solve_lowers_the_objective_and_keeps_the_geometry(backend):
+    layers, target = _layers(2), _target(3)
+    h, w = target.shape[:2]
+    ops = _Operators(layers, STEPS, h, w, backend)
+    weights = objective_weights(len(layers), 1.0)
+
+    def value(ls):
+        with torch.no_grad():
+            return clamped_objective(_prefixes([ops.forward(i, l.colors) for i, l in enumerate(ls)]), target, weights)
+
+    solved = solve_colours(layers, target, STEPS, 1.0, backend)
+    assert value(solved) < 0.9 * value(layers)  # random colours: away from their optimum
+    for a, b in zip(layers, solved):
+        assert torch.equal(a.means, b.means) and torch.equal(a.chol, b.chol)
+    # steps=0 is off; solving on never raises the objective
+    assert solve_colours(layers, target, STEPS, 1.0, backend, ColourSolve(steps=0)) is layers
+    assert value(solve_colours(solved, target, STEPS, 1.0, backend)) <= value(solved)
+
+
+def _encode(rgb, **train):
+    s = EncodeSettings(gaussians=(60, 30), train=train_settings("fast", iterations=80, **train))
+    return encode_image(rgb, s)
+
+
+def _psnr(stream: bytes, rgb: np.ndarray, layers: int) -> float:
+    import io
+
+    from gsvc.decoder import decode_image
+
+    out = decode_image(io.BytesIO(stream), layers=layers).astype(np.float64)
+    return 10 * np.log10(255.0 ** 2 / np.mean((out - rgb) ** 2))
+
+
+def test_fit_solves_colours_deterministically_and_the_decoded_picture_gains():
+    g = np.random.default_rng(4)
+    y, x = np.mgrid[0:32, 0:48]
+    rgb = np.stack([x * 5, y * 7, (x + y) * 3], -1) + g.normal(0, 6, (32, 48, 3))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    on = _encode(rgb)
+    assert _encode(rgb).data == on.data  # deterministic
+    off = _encode(rgb, colour_solve=ColourSolve(steps=0))
+    assert off.data != on.data
+    # the full picture: the joint objective weighs it most
+    assert _psnr(on.data, rgb, 2) > _psnr(off.data, rgb, 2)
+
+
+def test_no_solve_under_a_rate_term_or_sequential_training():
+    rgb = np.full((24, 32, 3), 90, np.uint8)
+    rgb[6:18, 8:24] = (200, 40, 60)
+    for train in (dict(rate_slope=6.0), dict(mode="sequential")):
+        on = _encode(rgb, **train)
+        off = _encode(rgb, **train, colour_solve=ColourSolve(steps=0))
+        assert on.data == off.data, train
