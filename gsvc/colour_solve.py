@@ -95,26 +95,33 @@ def clamped_objective(prefixes: list[Tensor], target: Tensor, weights: list[floa
 
 
 def objective_gradient(ops: _Operators, prefixes: list[Tensor], masks: list[Tensor], target: Tensor,
-                       weights: list[float]) -> list[Tensor]:
-    """d f / d c_l per layer, times (pixels / 2): sum_{k >= l} w_k R_l^T (M_k (P_k - T))."""
-    return _apply_transposed(ops, [m * (p - target) for m, p in zip(masks, prefixes)], weights)
+                       weights: list[float], first: int = 0) -> list[Tensor]:
+    """d f / d c_l per layer, times (pixels / 2): sum_{k >= l} w_k R_l^T (M_k (P_k - T));
+    zero for the layers before ``first`` (held fixed)."""
+    return _apply_transposed(ops, [m * (p - target) for m, p in zip(masks, prefixes)], weights, first)
 
 
-def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float]) -> list[Tensor]:
-    """[sum_{k >= l} w_k R_l^T images_k for each layer l] (one transpose per layer)."""
+def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float], first: int = 0) -> list[Tensor]:
+    """[sum_{k >= l} w_k R_l^T images_k for each layer l >= first; zeros before]
+    (one transpose per free layer)."""
     out, acc = [], None
     for k in reversed(range(len(images))):
         acc = weights[k] * images[k] if acc is None else acc + weights[k] * images[k]
-        out.append(ops.transpose(k, acc))
+        if k >= first:
+            out.append(ops.transpose(k, acc))
+        else:
+            out.append(torch.zeros_like(ops.geometry[k][0][:, :1].expand(-1, 3)))
     return out[::-1]
 
 
 def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[float, ...],
                   intermediate_weight: float, backend: str,
-                  settings: ColourSolve = ColourSolve()) -> list[GaussianLayer]:
+                  settings: ColourSolve = ColourSolve(), first: int = 0) -> list[GaussianLayer]:
     """``layers`` with colours that lower the joint objective on their quantized geometry
-    (module docstring); positions and shapes untouched. Deterministic."""
-    if settings.steps <= 0 or not layers:
+    (module docstring); positions and shapes untouched, and the colours of the layers
+    before ``first`` too (a size-target fit prices those layers' bits: a least-squares
+    solve would undo that). Deterministic."""
+    if settings.steps <= 0 or first >= len(layers):
         return layers
     h, w = target.shape[:2]
     ops = _Operators(layers, steps, h, w, backend)
@@ -123,9 +130,12 @@ def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[floa
     # colours stay within what the fit itself reached (and far from the coder's limits)
     limit = max(2.0, 2.0 * max(float(c.abs().max()) if c.numel() else 0.0 for c in x))
 
-    def pictures(colours: list[Tensor]) -> list[Tensor]:
+    def pictures(colours: list[Tensor], fixed_zero: bool = False) -> list[Tensor]:
+        """Prefix pictures; ``fixed_zero``: the fixed layers' colours are zero (a step)."""
         with torch.no_grad():
-            return _prefixes([ops.forward(l, c) for l, c in enumerate(colours)])
+            zero = target.new_zeros(target.shape)
+            return _prefixes([zero if fixed_zero and l < first else ops.forward(l, c)
+                              for l, c in enumerate(colours)])
 
     prefixes = pictures(x)
     best = clamped_objective(prefixes, target, weights)
@@ -133,9 +143,9 @@ def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[floa
         masks = [((p >= 0.0) & (p <= 1.0)).to(p.dtype) for p in prefixes]
 
         def hessian(v: list[Tensor]) -> list[Tensor]:
-            return _apply_transposed(ops, [m * q for m, q in zip(masks, pictures(v))], weights)
+            return _apply_transposed(ops, [m * q for m, q in zip(masks, pictures(v, True))], weights, first)
 
-        r = [-g for g in objective_gradient(ops, prefixes, masks, target, weights)]
+        r = [-g for g in objective_gradient(ops, prefixes, masks, target, weights, first)]
         p = [t.clone() for t in r]
         d = [torch.zeros_like(t) for t in r]
         rs = sum(float((t * t).sum()) for t in r)

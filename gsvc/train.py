@@ -143,8 +143,9 @@ class TrainSettings:
     rate_tails: bool = True
     #: after the last iteration, solve the colours for the joint objective on the
     #: quantized geometry (``colour_solve``; Adam leaves them short of it). Joint mode at
-    #: full size without a rate term only: a rate term shapes the colours for their bits,
-    #: which a least-squares solve would undo. ``ColourSolve(steps=0)``: off
+    #: full size only; under a rate term only the layers it does not price (a
+    #: least-squares solve would undo what the rate term shaped for the bits).
+    #: ``ColourSolve(steps=0)``: off
     colour_solve: ColourSolve = ColourSolve()
 
     def __post_init__(self) -> None:
@@ -593,6 +594,8 @@ def fit(
                 progress(done, total, psnr)
     final = [l.detached() for l in layers]
     full_size = all(settings.intermediate_scale(k) == 1.0 for k in range(1, num_layers))
-    if not sequential and settings.rate_slope == 0 and full_size:
-        final = solve_colours(final, target, steps, settings.intermediate_weight, backend, settings.colour_solve)
+    priced = 0 if settings.rate_slope == 0 else num_layers if settings.rate_layers is None else settings.rate_layers
+    if not sequential and full_size:
+        final = solve_colours(final, target, steps, settings.intermediate_weight, backend, settings.colour_solve,
+                              first=priced)
     return LayeredImage(w, h, final)

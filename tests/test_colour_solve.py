@@ -116,3 +116,22 @@ def test_no_solve_under_a_rate_term_or_sequential_training():
         on = _encode(rgb, **train)
         off = _encode(rgb, **train, colour_solve=ColourSolve(steps=0))
         assert on.data == off.data, train
+
+
+def test_under_a_rate_term_only_the_unpriced_layers_are_solved():
+    layers, target = _layers(5), _target(6)
+    solved = solve_colours(layers, target, STEPS, 1.0, "numba", first=2)
+    assert torch.equal(solved[0].colors, layers[0].colors) and torch.equal(solved[1].colors, layers[1].colors)
+    assert not torch.equal(solved[2].colors, layers[2].colors)
+    assert solve_colours(layers, target, STEPS, 1.0, "numba", first=3) is layers
+    # and a fit that prices layer 1 of 2 leaves layer 1 as trained
+    g = np.random.default_rng(7)
+    rgb = np.clip(g.normal(120, 40, (24, 32, 3)), 0, 255).astype(np.uint8)
+    s = EncodeSettings(gaussians=(60, 30), train=train_settings("fast", iterations=80, rate_slope=6.0, rate_layers=1))
+    from gsvc.encoder import fit_image
+
+    on = fit_image(rgb, s)
+    off = fit_image(rgb, dataclasses.replace(s, train=dataclasses.replace(s.train, colour_solve=ColourSolve(steps=0))))
+    assert torch.equal(on.layers[0].colors, off.layers[0].colors)
+    assert torch.equal(on.layers[1].means, off.layers[1].means)
+    assert not torch.equal(on.layers[1].colors, off.layers[1].colors)
