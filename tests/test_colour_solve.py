@@ -37,12 +37,16 @@ def _target(seed: int, h=24, w=32) -> torch.Tensor:
     return (base + 0.05 * torch.randn(h, w, 3, generator=g)).clamp(0, 1)
 
 
+def _problem(seed: int, backend: str):
+    """Random layers, a target, their operators and the joint objective's weights."""
+    layers, target = _layers(seed), _target(seed + 1)
+    ops = _Operators(layers, STEPS, target.shape[0], target.shape[1], backend)
+    return layers, target, ops, objective_weights(len(layers), 1.0)
+
+
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_gradient_matches_autograd_of_the_clamped_objective(backend):
-    layers, target = _layers(0), _target(1)
-    h, w = target.shape[:2]
-    ops = _Operators(layers, STEPS, h, w, backend)
-    weights = objective_weights(len(layers), 1.0)
+    layers, target, ops, weights = _problem(0, backend)
     colours = [l.colors.clone().requires_grad_(True) for l in layers]
     prefixes = _prefixes([ops.forward(l, c) for l, c in enumerate(colours)])
     f = sum(wk * torch.mean((p.clamp(0, 1) - target) ** 2) for wk, p in zip(weights, prefixes))
@@ -64,10 +68,7 @@ def test_weights_are_the_joint_loss_averaged_over_its_cycle():
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_solve_lowers_the_objective_and_keeps_the_geometry(backend):
-    layers, target = _layers(2), _target(3)
-    h, w = target.shape[:2]
-    ops = _Operators(layers, STEPS, h, w, backend)
-    weights = objective_weights(len(layers), 1.0)
+    layers, target, ops, weights = _problem(2, backend)
 
     def value(ls):
         with torch.no_grad():
