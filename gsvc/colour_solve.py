@@ -90,6 +90,23 @@ def _prefixes(pictures: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def _streamed_prefixes(ops: _Operators, colours: list[Tensor], zero_below: int = 0) -> list[Tensor]:
+    """``_prefixes`` of the layers' renders, each render freed once added (L + 1 pictures
+    alive at most, not 2L - 1: a 12 MP picture is 144 MB); layers before ``zero_below``
+    draw nothing (their colours held at zero). The same sums, in the same order."""
+    out, acc = [], None
+    for l, c in enumerate(colours):
+        if l < zero_below:
+            picture = acc if acc is not None else torch.zeros(ops.h, ops.w, 3, dtype=c.dtype, device=c.device)
+        else:
+            render_l = ops.forward(l, c)
+            picture = render_l if acc is None else acc + render_l
+            del render_l
+        out.append(picture)
+        acc = picture
+    return out
+
+
 def clamped_objective(prefixes: list[Tensor], target: Tensor, weights: list[float]) -> float:
     return float(sum(w * torch.mean((p.clamp(0.0, 1.0) - target) ** 2) for w, p in zip(weights, prefixes)))
 
@@ -97,8 +114,8 @@ def clamped_objective(prefixes: list[Tensor], target: Tensor, weights: list[floa
 def objective_gradient(ops: _Operators, prefixes: list[Tensor], masks: list[Tensor], target: Tensor,
                        weights: list[float], first: int = 0) -> list[Tensor]:
     """d f / d c_l per layer, times (pixels / 2): sum_{k >= l} w_k R_l^T (M_k (P_k - T));
-    zero for the layers before ``first`` (held fixed)."""
-    return _apply_transposed(ops, [m * (p - target) for m, p in zip(masks, prefixes)], weights, first)
+    zero for the layers before ``first`` (held fixed). Masks: bool or 0/1 float."""
+    return _apply_transposed(ops, [(p - target).mul_(m) for m, p in zip(masks, prefixes)], weights, first)
 
 
 def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float], first: int = 0) -> list[Tensor]:
@@ -106,7 +123,7 @@ def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float
     (one transpose per free layer)."""
     out, acc = [], None
     for k in reversed(range(len(images))):
-        acc = weights[k] * images[k] if acc is None else acc + weights[k] * images[k]
+        acc = weights[k] * images[k] if acc is None else acc.add_(weights[k] * images[k])
         if k >= first:
             out.append(ops.transpose(k, acc))
         else:
@@ -131,19 +148,18 @@ def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[floa
     limit = max(2.0, 2.0 * max(float(c.abs().max()) if c.numel() else 0.0 for c in x))
 
     def pictures(colours: list[Tensor], fixed_zero: bool = False) -> list[Tensor]:
-        """Prefix pictures; ``fixed_zero``: the fixed layers' colours are zero (a step)."""
+        """Prefix pictures; ``fixed_zero``: the fixed layers' colours are zero (a step;
+        those prefixes may share one zero picture)."""
         with torch.no_grad():
-            zero = target.new_zeros(target.shape)
-            return _prefixes([zero if fixed_zero and l < first else ops.forward(l, c)
-                              for l, c in enumerate(colours)])
+            return _streamed_prefixes(ops, colours, first if fixed_zero else 0)
 
     prefixes = pictures(x)
     best = clamped_objective(prefixes, target, weights)
     for _ in range(settings.steps):
-        masks = [((p >= 0.0) & (p <= 1.0)).to(p.dtype) for p in prefixes]
+        masks = [(p >= 0.0) & (p <= 1.0) for p in prefixes]  # bool: a quarter of a float picture
 
-        def hessian(v: list[Tensor]) -> list[Tensor]:
-            return _apply_transposed(ops, [m * q for m, q in zip(masks, pictures(v, True))], weights, first)
+        def hessian(v: list[Tensor]) -> list[Tensor]:  # (in place: the pictures are this call's own)
+            return _apply_transposed(ops, [q.mul_(m) for m, q in zip(masks, pictures(v, True))], weights, first)
 
         r = [-g for g in objective_gradient(ops, prefixes, masks, target, weights, first)]
         p = [t.clone() for t in r]
@@ -166,6 +182,9 @@ def solve_colours(layers: list[GaussianLayer], target: Tensor, steps: tuple[floa
             rs_new = sum(float((t * t).sum()) for t in r)
             p = [a + (rs_new / rs) * b for a, b in zip(r, p)]
             rs = rs_new
+        # the line search needs only the objective's value: free the pictures and masks
+        # first (peak memory of a large picture: L prefixes + L masks + one trial)
+        prefixes = masks = hessian = None
         t, improved = 1.0, False
         for _ in range(settings.backtracks + 1):
             trial = [(a + t * b).clamp(-limit, limit) for a, b in zip(x, d)]
