@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gsvc.colour_solve import (
-    ColourSolve, _Operators, _prefixes, clamped_objective, objective_gradient, objective_weights, solve_colours,
+    ColourSolve, _Operators, _prefixes, _streamed_prefixes, clamped_objective, objective_gradient, objective_weights,
+    solve_colours,
 )
 from gsvc.encoder import EncodeSettings, encode_image
 from gsvc.model import GaussianLayer
@@ -58,6 +59,18 @@ def test_gradient_matches_autograd_of_the_clamped_objective(backend):
     for e, g_ in zip(expected, got):
         torch.testing.assert_close(g_ * scale, e, rtol=1e-4, atol=1e-7)
     assert float(f.detach()) == pytest.approx(clamped_objective(detached, target, weights), rel=1e-6)
+    bool_masks = [m.bool() for m in masks]  # the solve's own (a quarter of the memory): the same gradient
+    for g_, b in zip(got, objective_gradient(ops, detached, bool_masks, target, weights)):
+        assert torch.equal(g_, b)
+
+
+@pytest.mark.parametrize("zero_below", [0, 1, 2])
+def test_streamed_prefixes_are_the_prefix_sums_bit_for_bit(zero_below):
+    layers, target, ops, _ = _problem(4, "numba")
+    colours = [l.colors for l in layers]
+    renders = [torch.zeros_like(target) if l < zero_below else ops.forward(l, c) for l, c in enumerate(colours)]
+    for a, b in zip(_streamed_prefixes(ops, colours, zero_below), _prefixes(renders)):
+        assert torch.equal(a, b)
 
 
 def test_weights_are_the_joint_loss_averaged_over_its_cycle():
