@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .model import GaussianLayer
-from .render import render
+from .render import conics_from_chol, render
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ def _quantized(t: Tensor, steps: Tensor) -> Tensor:
 
 
 class _Operators:
-    """R_l and R_l^T of each layer, on the geometry the decoder will draw."""
+    """R_l and R_l^T of each layer, on the geometry the decoder will draw. With the numba
+    backend each layer is binned once (``FixedGeometry``) and a transpose runs the
+    backward kernel alone: the same numbers as autograd through ``render``, bit for bit
+    (tested), about a quarter less work; other backends take the autograd route."""
 
     def __init__(self, layers: list[GaussianLayer], steps: tuple[float, ...], height: int, width: int,
                  backend: str):
@@ -61,13 +64,22 @@ class _Operators:
         for layer in layers:
             s = torch.tensor(steps, dtype=layer.means.dtype, device=layer.means.device)
             self.geometry.append((_quantized(layer.means.detach(), s[0:2]), _quantized(layer.chol.detach(), s[2:5])))
+        self.fixed = None
+        if backend == "numba":
+            from .render.numba_cpu import FixedGeometry
+
+            self.fixed = [FixedGeometry(means, conics_from_chol(chol), height, width) for means, chol in self.geometry]
 
     def forward(self, l: int, colours: Tensor) -> Tensor:  # [N_l, 3] -> [H, W, 3]
         means, chol = self.geometry[l]
+        if self.fixed is not None and not colours.requires_grad:
+            return self.fixed[l].draw(colours)
         return render(means, chol, colours, self.h, self.w, backend=self.backend)
 
     def transpose(self, l: int, image: Tensor) -> Tensor:  # [H, W, 3] -> [N_l, 3]
         means, _ = self.geometry[l]
+        if self.fixed is not None:
+            return self.fixed[l].transpose(image).to(means.dtype)
         zero = means.new_zeros((means.shape[0], 3), requires_grad=True)
         with torch.enable_grad():
             out = self.forward(l, zero)

@@ -46,6 +46,32 @@ class _RasterizeSum(torch.autograd.Function):
         return out[0], out[1], out[2], None, None
 
 
+class FixedGeometry:
+    """One set of Gaussians' positions and shapes, boxed and binned once, drawn many times
+    with different colours (R c) and its transpose (R^T Y: the colour gradient of
+    <picture, Y>, which needs no forward pass). The colour solve's linear operator: the
+    same numbers as rasterize_sum and its backward, bit for bit, without re-binning or a
+    forward per transpose."""
+
+    def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
+        self.means, self.conics = _as_f32(means), _as_f32(conics)
+        self.height, self.width = int(height), int(width)
+        self.boxes = pixel_boxes(self.means, self.conics, self.height, self.width)
+        self.bins = bin_boxes(self.boxes, self.height, self.width, self.means, self.conics)
+        self.device = means.device
+
+    def draw(self, colors: Tensor) -> Tensor:  # [N, 3] -> [H, W, 3] float32
+        out = forward_sum(self.means, self.conics, _as_f32(colors), self.height, self.width, self.boxes, self.bins)
+        return torch.from_numpy(out).to(self.device)
+
+    def transpose(self, image: Tensor) -> Tensor:  # [H, W, 3] -> [N, 3] float64
+        """d <draw(c), image> / d c (independent of c; drawn at zero colours, as autograd
+        of a zero-colour draw would)."""
+        zero = np.zeros((self.means.shape[0], 3), dtype=np.float32)
+        grads = backward_sum(self.means, self.conics, zero, self.boxes, _as_f32(image), self.bins)
+        return torch.from_numpy(grads[2]).to(self.device)
+
+
 def rasterize_sum(
     means: Tensor,  # [N, 2] pixel coordinates (x, y)
     conics: Tensor,  # [N, 3] inverse covariance (ca, cb, cc)
@@ -68,4 +94,4 @@ def rasterize_sum(
     return _RasterizeSum.apply(means, conics, colors, height, width)
 
 
-__all__ = ["LANES", "TILE", "rasterize_sum"]
+__all__ = ["FixedGeometry", "LANES", "TILE", "rasterize_sum"]
