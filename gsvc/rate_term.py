@@ -178,6 +178,10 @@ class LayerPricing:
         self.gains: list[float] = []
         self._priced = 0  # calls that priced something
 
+    def priced(self, num_layers: int) -> int:
+        """How many of ``num_layers`` layers (the first ones) the rate term prices."""
+        return num_layers if self.layers is None else min(self.layers, num_layers)
+
     def add_layer(self, done: int) -> None:
         self.born.append(done)
         self.gains.append(1.0)
@@ -185,7 +189,7 @@ class LayerPricing:
     def __call__(self, layers: list[GaussianLayer], done: int, full_mse: Tensor,
                  part: tuple[int, Tensor] | None) -> Tensor | float:
         self.level_mse.track(len(layers), full_mse, part)
-        count = len(layers) if self.layers is None else min(self.layers, len(layers))
+        count = self.priced(len(layers))
         priced = [l for l in range(count) if done - self.born[l] >= self.start]
         if not priced:
             return 0.0

@@ -594,8 +594,7 @@ def fit(
                 progress(done, total, psnr)
     final = [l.detached() for l in layers]
     full_size = all(settings.intermediate_scale(k) == 1.0 for k in range(1, num_layers))
-    priced = 0 if settings.rate_slope == 0 else num_layers if settings.rate_layers is None else settings.rate_layers
     if not sequential and full_size:
         final = solve_colours(final, target, steps, settings.intermediate_weight, backend, settings.colour_solve,
-                              first=priced)
+                              first=0 if pricing is None else pricing.priced(num_layers))
     return LayeredImage(w, h, final)
