@@ -17,8 +17,8 @@ gap for the cost of a few dozen training iterations (docs/results.md, "Colours s
 at the end of a fit").
 
 Operators: ``R_l c`` is a render of layer l with colours c; ``R_l^T Y`` is the colour
-gradient of <render, Y>, which autograd gives on any backend (the render is linear in
-the colours, so it is taken at zero colours).
+gradient of <render, Y> (the render is linear in the colours, so it is taken at zero
+colours): the backward kernel alone on numba, autograd on any other backend.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .model import GaussianLayer
+from .quantize import round_to_steps
 from .render import conics_from_chol, render
 
 
@@ -47,10 +48,6 @@ class ColourSolve:
     damping: float = 1e-3
 
 
-def _quantized(t: Tensor, steps: Tensor) -> Tensor:
-    return torch.round(t / steps) * steps
-
-
 class _Operators:
     """R_l and R_l^T of each layer, on the geometry the decoder will draw. With the numba
     backend each layer is binned once (``FixedGeometry``) and a transpose runs the
@@ -63,7 +60,8 @@ class _Operators:
         self.geometry = []
         for layer in layers:
             s = torch.tensor(steps, dtype=layer.means.dtype, device=layer.means.device)
-            self.geometry.append((_quantized(layer.means.detach(), s[0:2]), _quantized(layer.chol.detach(), s[2:5])))
+            self.geometry.append((round_to_steps(layer.means.detach(), s[0:2]),
+                                  round_to_steps(layer.chol.detach(), s[2:5])))
         self.fixed = None
         if backend == "numba":
             from .render.numba_cpu import FixedGeometry

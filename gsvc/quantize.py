@@ -46,11 +46,16 @@ def _from_columns(cols: Tensor) -> GaussianLayer:  # [N, 8]
     return GaussianLayer(cols[:, 0:2], cols[:, 2:5], cols[:, 5:8])
 
 
+def round_to_steps(t: Tensor, step: Tensor) -> Tensor:
+    """Quantize-dequantize: the nearest multiple of ``step`` (broadcast over t's columns)."""
+    return torch.round(t / step) * step
+
+
 def fake_quantize(layer: GaussianLayer, steps: tuple[float, ...]) -> GaussianLayer:
     """Quantize-dequantize with a straight-through gradient (quantization-aware training)."""
     cols = _as_columns(layer)
     step = torch.tensor(steps, dtype=cols.dtype, device=cols.device)
-    q = torch.round(cols / step) * step
+    q = round_to_steps(cols, step)
     return _from_columns(cols + (q - cols).detach())
 
 
