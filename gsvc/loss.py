@@ -144,7 +144,7 @@ class _SplitMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, chol, colors, split, target):
-        from .render.numba_kernels import bin_boxes, forward_sum, pixel_boxes
+        from .render.numba_kernels import Binned
 
         h, w = target.shape[:2]
         m = means.detach().contiguous().numpy()
@@ -154,11 +154,9 @@ class _SplitMSE(torch.autograd.Function):
         tgt = target.detach().contiguous().numpy()
         parts, images = [], []
         for sl in (slice(0, split), slice(split, None)):
-            pm, pc, pcol = m[sl], conics[sl], col[sl]
-            boxes = pixel_boxes(pm, pc, h, w)
-            bins = bin_boxes(boxes, h, w, pm, pc)
-            images.append(forward_sum(pm, pc, pcol, h, w, boxes, bins))
-            parts.append((pm, pc, pcol, boxes, bins))
+            binned = Binned(m[sl], conics[sl], h, w)
+            images.append(binned.forward(col[sl]))
+            parts.append((binned, col[sl]))
         low, full = images  # full: low + high, summed in place by _split_sse_rows
         n = full.size
         sse = _split_sse_rows(_image_rows(low), _image_rows(full), _image_rows(tgt))
@@ -168,8 +166,6 @@ class _SplitMSE(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        from .render.numba_kernels import backward_sum
-
         parts, ch, low, full, tgt = ctx.saved
         ctx.saved = None  # the graph (and ctx) lives on until the next iteration's loss replaces it
         n = full.size
@@ -177,9 +173,9 @@ class _SplitMSE(torch.autograd.Function):
         _split_grad(_image_rows(low), _image_rows(full), _image_rows(tgt), np.float32(2.0 * float(grad[0]) / n),
                     np.float32(2.0 * float(grad[1]) / n), _image_rows(g_low), _image_rows(g_full))
         del low, full  # the renders' backward runs with the two gradients alone (12 MP: 144 MB a picture)
-        grads = [backward_sum(*parts[0][:4], g_low, parts[0][4])]
+        grads = [parts[0][0].backward(parts[0][1], g_low)]
         del g_low
-        grads.append(backward_sum(*parts[1][:4], g_full, parts[1][4]))
+        grads.append(parts[1][0].backward(parts[1][1], g_full))
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
         out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, _chol_grad(ch, g_conics), g_colors)]
         return out[0], out[1], out[2], None, None

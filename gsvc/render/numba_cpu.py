@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .numba_kernels import (  # noqa: F401 (LANES, TILE: re-exported)
-    LANES, TILE, backward_sum, bin_boxes, forward_sum, pixel_boxes,
-)
+from .numba_kernels import LANES, TILE, Binned  # noqa: F401 (LANES, TILE: re-exported)
 
 
 def _as_f32(t: Tensor) -> np.ndarray:
@@ -22,23 +20,20 @@ def _as_f32(t: Tensor) -> np.ndarray:
 class _RasterizeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, conics, colors, height, width):
-        m = _as_f32(means)
-        c = _as_f32(conics)
         col = _as_f32(colors)
-        boxes = pixel_boxes(m, c, height, width)
-        bins = bin_boxes(boxes, height, width, m, c)  # kept for the backward: it needs no re-binning
-        out = forward_sum(m, c, col, height, width, boxes, bins)
+        binned = Binned(_as_f32(means), _as_f32(conics), height, width)
+        out = binned.forward(col)
         if any(ctx.needs_input_grad[:3]):
-            ctx.arrays = (m, c, col, boxes, bins)
+            ctx.arrays = (binned, col)  # the backward needs no re-binning
             ctx.meta = [(t.dtype, t.device) for t in (means, conics, colors)]
         return torch.from_numpy(out).to(means.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        m, c, col, boxes, bins = ctx.arrays
+        binned, col = ctx.arrays
         ctx.arrays = None  # once differentiable: the bins need not outlive this call
-        grads = backward_sum(m, c, col, boxes, _as_f32(grad_out), bins)
+        grads = binned.backward(col, _as_f32(grad_out))
         out = [
             torch.from_numpy(g).to(device=dev, dtype=dt) if need else None
             for g, (dt, dev), need in zip(grads, ctx.meta, ctx.needs_input_grad)
@@ -54,22 +49,17 @@ class FixedGeometry:
     forward per transpose."""
 
     def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
-        self.means, self.conics = _as_f32(means), _as_f32(conics)
-        self.height, self.width = int(height), int(width)
-        self.boxes = pixel_boxes(self.means, self.conics, self.height, self.width)
-        self.bins = bin_boxes(self.boxes, self.height, self.width, self.means, self.conics)
+        self.binned = Binned(_as_f32(means), _as_f32(conics), height, width)
         self.device = means.device
 
     def draw(self, colors: Tensor) -> Tensor:  # [N, 3] -> [H, W, 3] float32
-        out = forward_sum(self.means, self.conics, _as_f32(colors), self.height, self.width, self.boxes, self.bins)
-        return torch.from_numpy(out).to(self.device)
+        return torch.from_numpy(self.binned.forward(_as_f32(colors))).to(self.device)
 
     def transpose(self, image: Tensor) -> Tensor:  # [H, W, 3] -> [N, 3] float64
         """d <draw(c), image> / d c (independent of c; drawn at zero colours, as autograd
         of a zero-colour draw would)."""
-        zero = np.zeros((self.means.shape[0], 3), dtype=np.float32)
-        grads = backward_sum(self.means, self.conics, zero, self.boxes, _as_f32(image), self.bins)
-        return torch.from_numpy(grads[2]).to(self.device)
+        zero = np.zeros((self.binned.means.shape[0], 3), dtype=np.float32)
+        return torch.from_numpy(self.binned.backward(zero, _as_f32(image))[2]).to(self.device)
 
 
 def rasterize_sum(

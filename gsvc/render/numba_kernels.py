@@ -645,4 +645,23 @@ def backward_sum(
     return grads
 
 
-__all__ = ["LANES", "TILE", "backward_sum", "bin_boxes", "box_work", "forward_sum", "pixel_boxes"]
+class Binned:
+    """Gaussians boxed (pixel_boxes) and binned with culling (bin_boxes) once, for any
+    number of forward draws and backward passes on that geometry: what a render and its
+    backward share (the autograd nodes of numba_cpu and loss, the colour solve)."""
+
+    def __init__(self, means: np.ndarray, conics: np.ndarray, height: int, width: int):  # float32 C order
+        self.means, self.conics = means, conics
+        self.height, self.width = int(height), int(width)
+        self.boxes = pixel_boxes(means, conics, self.height, self.width)
+        self.bins = bin_boxes(self.boxes, self.height, self.width, means, conics)
+
+    def forward(self, colors: np.ndarray) -> np.ndarray:  # [N, 3] -> [H, W, 3] float32
+        return forward_sum(self.means, self.conics, colors, self.height, self.width, self.boxes, self.bins)
+
+    def backward(self, colors: np.ndarray, grad_out: np.ndarray) -> list[np.ndarray]:  # [H, W, 3] ->
+        """float64 gradients [N, 2], [N, 3], [N, 3] of sum(grad_out * forward(colors))."""
+        return backward_sum(self.means, self.conics, colors, self.boxes, grad_out, self.bins)
+
+
+__all__ = ["Binned", "LANES", "TILE", "backward_sum", "bin_boxes", "box_work", "forward_sum", "pixel_boxes"]
