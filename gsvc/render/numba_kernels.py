@@ -36,8 +36,8 @@ its Gaussians in ascending index order: the output is bit-for-bit the same from 
 run and for any thread count.
 
 Backward: mirrors the forward, reusing its binning. Tiles are processed in parallel;
-the tile's incoming gradient is copied to a planar TILE x TILE block, and each of its
-Gaussians visits exactly the forward's pixels (same rows, same column mask, same q
+the tile's incoming gradient is copied from the [H, W, 3] image (one contiguous run a
+row) to a planar TILE x TILE block, and each of its Gaussians visits exactly the forward's pixels (same rows, same column mask, same q
 cut) two rows per pass, with per-column float32 partial sums of w*g (3), d, d*dy and
 d*dy^2 (d = w * <color, g> = -2 dL/dq; the dx moments are taken from the column sums,
 dx being constant down a column). These are folded over the TILE lanes in a fixed
@@ -401,55 +401,34 @@ def _forward_tile(means, conics, colors, boxes, offsets, ids, tiles_x, t, height
 # --------------------------------------------------------------------------- backward
 
 @numba.njit(parallel=True, **_JIT)
-def _planar_grad(grad_out, gp):
-    """[H, W, 3] -> [3, H', W'] (H', W': whole tiles), zero-padded."""
-    height = grad_out.shape[0]
-    width = grad_out.shape[1]
-    for y in prange(gp.shape[1]):
-        if y < height:
-            for x in range(width):
-                gp[0, y, x] = grad_out[y, x, 0]
-                gp[1, y, x] = grad_out[y, x, 1]
-                gp[2, y, x] = grad_out[y, x, 2]
-            for x in range(width, gp.shape[2]):
-                gp[0, y, x] = 0.0
-                gp[1, y, x] = 0.0
-                gp[2, y, x] = 0.0
-        else:
-            for x in range(gp.shape[2]):
-                gp[0, y, x] = 0.0
-                gp[1, y, x] = 0.0
-                gp[2, y, x] = 0.0
-
-
-@numba.njit(parallel=True, **_JIT)
-def _backward_tiles(means, conics, colors, boxes, offsets, ids, slots, tiles_x, gp, height,
-                    sums):
-    """sums[pair] <- the _NSUM sums of one Gaussian over one tile (every pair once)."""
+def _backward_tiles(means, conics, colors, boxes, offsets, ids, slots, tiles_x, grad_rows, sums):
+    """sums[pair] <- the _NSUM sums of one Gaussian over one tile (every pair once);
+    grad_rows: the incoming gradient [H, W * 3]."""
     nt = offsets.shape[0] - 1
     for t in prange(nt):
         if offsets[t] < offsets[t + 1]:
-            _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t,
-                           gp, height, sums)
+            _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t, grad_rows, sums)
 
 
 @numba.njit(inline="always", **_JIT)
-def _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t, gp, height,
-                   sums):
+def _backward_tile(means, conics, colors, boxes, offsets, ids, slots, tiles_x, t, grad_rows, sums):
+    height = grad_rows.shape[0]
+    width = grad_rows.shape[1] // 3
     ty = t // tiles_x
     tx = t - ty * tiles_x
     ty0 = ty * TILE
     tx0 = tx * TILE
     ty1 = min(ty0 + TILE, height) - 1
-    # the tile's incoming gradient (gp is zero off-image), plus a zero row for the
-    # missing second row of a pass
-    gt = np.empty((3, TILE + 1, TILE), dtype=np.float32)
-    for c in range(3):
-        for ly in range(TILE):
-            for lx in range(TILE):
-                gt[c, ly, lx] = gp[c, ty0 + ly, tx0 + lx]
-        for lx in range(TILE):
-            gt[c, TILE, lx] = 0.0
+    tx1 = min(tx0 + TILE, width) - 1
+    # the tile's incoming gradient, planar (zero off the image), plus a zero row for the
+    # missing second row of a pass; each image row is read as one contiguous run
+    gt = np.zeros((3, TILE + 1, TILE), dtype=np.float32)
+    for y in range(ty0, ty1 + 1):
+        a = grad_rows[y, 3 * tx0:3 * tx1 + 3]
+        for x in range(tx1 - tx0 + 1):
+            gt[0, y - ty0, x] = a[3 * x]
+            gt[1, y - ty0, x] = a[3 * x + 1]
+            gt[2, y - ty0, x] = a[3 * x + 2]
     # per pair scratch, one array (so LLVM sees that its rows cannot alias): rows 0-5
     # per-column sums over the rows (_NSUM order), 6-8 per column dx, ca dx dx, 2 cb dx
     s = np.empty((9, TILE), dtype=np.float32)
@@ -636,11 +615,8 @@ def backward_sum(
             bins = bin_boxes(boxes, height, width, means, conics)
         offsets, ids, slots, starts = bins
         sums = np.empty((ids.shape[0], _NSUM), dtype=np.float64)
-        tiles_x = -(-width // TILE)
-        gp = np.empty((3, -(-height // TILE) * TILE, tiles_x * TILE), dtype=np.float32)
-        _planar_grad(grad_out, gp)
         _dynamic(_backward_tiles, means, conics, colors, boxes, offsets, ids, slots,
-                 tiles_x, gp, height, sums)
+                 -(-width // TILE), grad_out.reshape(height, width * 3), sums)
         _backward_fold(conics, boxes, starts, sums, *grads)
     return grads
 
