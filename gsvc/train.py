@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .decoder import output_size
 from .colour_solve import ColourSolve, solve_colours
+from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
 from .loss import clamped_mse, split_mse
 from .init import init_base_layer, init_enhancement_layer
@@ -443,6 +444,7 @@ def refine(
     that many iterations beats the window before it by less than
     ``settings.plateau_tol_db`` (``_Plateau``; a still shot's P-frame has nothing to
     learn), and the quantization-aware share once past ``settings.plateau_psnr_db``."""
+    keep_freed_blocks()
     device = target.device
     layers = [_leaf(l, device) for l in start]
     # one group per parameter kind across the layers (same rates): 3 fused Adam calls, not 3 per layer
@@ -509,6 +511,7 @@ def fit(
     called once for each iteration of ``resize_at``, as soon as training has reached it
     with all layers present (early stopping may skip past it), and may cut each layer
     to a subset (rate targets: rate_control); training carries on with the rest."""
+    keep_freed_blocks()
     assert target.dim() == 3 and target.shape[2] == 3, target.shape
     assert len(counts) >= 1 and min(counts) >= 1, counts
     h, w = target.shape[:2]
