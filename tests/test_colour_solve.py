@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gsvc.colour_solve import (
-    ColourSolve, _Operators, _prefixes, _streamed_prefixes, clamped_objective, objective_gradient, objective_weights,
-    solve_colours,
+    ColourSolve, _apply_transposed, _Operators, _prefixes, _streamed_prefixes, clamped_objective, clamped_pixels,
+    objective_gradient, objective_weights, solve_colours,
 )
 from gsvc.encoder import EncodeSettings, encode_image
 from gsvc.model import GaussianLayer
@@ -53,15 +53,19 @@ def test_gradient_matches_autograd_of_the_clamped_objective(backend):
     f = sum(wk * torch.mean((p.clamp(0, 1) - target) ** 2) for wk, p in zip(weights, prefixes))
     expected = torch.autograd.grad(f, colours)
     detached = [p.detach() for p in prefixes]
-    masks = [((p >= 0) & (p <= 1)).float() for p in detached]
-    got = objective_gradient(ops, detached, masks, target, weights)
+    kept = [p.clone() for p in detached]
+    clamped = clamped_pixels(detached)
+    assert any(bool(c.any()) for c in clamped) and not all(bool(c.all()) for c in clamped)  # both kinds of pixel
+    got = objective_gradient(ops, detached, clamped, target, weights)
+    assert all(torch.equal(a, b) for a, b in zip(detached, kept))  # the prefixes are not consumed
     scale = 2.0 / target.numel()  # objective_gradient leaves out d mean / d pixel
     for e, g_ in zip(expected, got):
         torch.testing.assert_close(g_ * scale, e, rtol=1e-4, atol=1e-7)
     assert float(f.detach()) == pytest.approx(clamped_objective(detached, target, weights), rel=1e-6)
-    bool_masks = [m.bool() for m in masks]  # the solve's own (a quarter of the memory): the same gradient
-    for g_, b in zip(got, objective_gradient(ops, detached, bool_masks, target, weights)):
-        assert torch.equal(g_, b)
+    # masking in place gives what multiplying by a 0 / 1 mask gives (up to the sign of zero)
+    multiplied = [(p - target) * ((p >= 0) & (p <= 1)).float() for p in detached]
+    for g_, m in zip(got, _apply_transposed(ops, multiplied, weights)):
+        torch.testing.assert_close(g_, m, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("zero_below", [0, 1, 2])
