@@ -48,7 +48,7 @@ from .decoder import output_size
 from .colour_solve import ColourSolve, solve_colours
 from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
-from .loss import clamped_mse, split_mse
+from .loss import Pictures, clamped_mse, split_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .layer_codec import DEFAULT_CODER
@@ -316,12 +316,14 @@ def joint_loss(
     backend: str,
     joint: bool = True,
     scale: float = 1.0,
+    pictures: Pictures | None = None,
 ) -> tuple[Tensor, Tensor, tuple[int, Tensor] | None]:  # (loss, MSE of all layers, (k, MSE of 1..k))
     """The P-GSVC objective of iteration ``it``: MSE(layers 1..L) + w * MSE(layers 1..k),
     k = 1 + it mod (L - 1); both from one render, the sum being additive. With resolution
     layers the second term is also taken at ``settings.intermediate_scale(k)``. A coarse
     ``scale`` < 1 (coarse-to-fine) takes both terms on the target area-shrunk to that
-    scale, drawn with ``coarse_render``."""
+    scale, drawn with ``coarse_render``. ``pictures``: the training loop's picture buffers
+    (``loss.Pictures``), reused by the fused loss."""
     target = targets.at(scale)
     h, w = target.shape[:2]
     coarse = None
@@ -333,7 +335,7 @@ def joint_loss(
         k = 1 + it % (len(present) - 1)
         if coarse is None and settings.intermediate_scale(k) == 1.0:
             g = concat(present)  # both terms from one node on the CPU (loss.split_mse)
-            mses = split_mse(g.means, g.chol, g.colors, sum(len(l) for l in present[:k]), target, backend)
+            mses = split_mse(g.means, g.chol, g.colors, sum(len(l) for l in present[:k]), target, backend, pictures)
             full_mse, part_mse = mses[0], mses[1]
             return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
         low = _render_sum(present[:k], h, w, backend, coarse)
@@ -445,6 +447,7 @@ def refine(
     ``settings.plateau_tol_db`` (``_Plateau``; a still shot's P-frame has nothing to
     learn), and the quantization-aware share once past ``settings.plateau_psnr_db``."""
     keep_freed_blocks()
+    pictures = Pictures()  # the fused loss's picture buffers, reused every iteration
     device = target.device
     layers = [_leaf(l, device) for l in start]
     # one group per parameter kind across the layers (same rates): 3 fused Adam calls, not 3 per layer
@@ -471,7 +474,7 @@ def refine(
             present = [quantizer(l, layer) for l, layer in enumerate(layers)]
         else:
             present = layers
-        loss, full_mse, part = joint_loss(present, targets, it, settings, backend)
+        loss, full_mse, part = joint_loss(present, targets, it, settings, backend, pictures=pictures)
         if rate is not None and rate_slope > 0:
             level = rate_mse
             if level is None:
@@ -512,6 +515,7 @@ def fit(
     with all layers present (early stopping may skip past it), and may cut each layer
     to a subset (rate targets: rate_control); training carries on with the rest."""
     keep_freed_blocks()
+    pictures = Pictures()  # the fused loss's picture buffers, reused every iteration
     assert target.dim() == 3 and target.shape[2] == 3, target.shape
     assert len(counts) >= 1 and min(counts) >= 1, counts
     h, w = target.shape[:2]
@@ -577,7 +581,7 @@ def fit(
             else:
                 present = layers
             loss, full_mse, part = joint_loss(present, targets, it, settings, backend, joint=not sequential,
-                                              scale=scale)
+                                              scale=scale, pictures=pictures)
             if pricing is not None:
                 loss = loss + pricing(layers, done, full_mse, part)
             optimizer.zero_grad(set_to_none=True)

@@ -588,11 +588,14 @@ def forward_sum(
     width: int,
     boxes: np.ndarray | None = None,  # [N, 4] from pixel_boxes, when already computed
     bins: tuple | None = None,  # bin_boxes(boxes, ..., means, conics), likewise
+    out: np.ndarray | None = None,  # [H, W, 3] float32 C order to draw into (every pixel is written)
 ) -> np.ndarray:  # [H, W, 3] float32, not clamped
     """The additive sum over a height x width image (module docstring)."""
     if boxes is None:
         boxes = pixel_boxes(means, conics, height, width)
-    out = np.empty((height, width, 3), dtype=np.float32)
+    if out is None:
+        out = np.empty((height, width, 3), dtype=np.float32)
+    assert out.shape == (height, width, 3) and out.dtype == np.float32 and out.flags.c_contiguous, out.shape
     if out.size:
         if bins is None:
             bins = bin_boxes(boxes, height, width, means, conics)
@@ -632,8 +635,8 @@ class Binned:
         self.boxes = pixel_boxes(means, conics, self.height, self.width)
         self.bins = bin_boxes(self.boxes, self.height, self.width, means, conics)
 
-    def forward(self, colors: np.ndarray) -> np.ndarray:  # [N, 3] -> [H, W, 3] float32
-        return forward_sum(self.means, self.conics, colors, self.height, self.width, self.boxes, self.bins)
+    def forward(self, colors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:  # [N, 3] -> [H, W, 3] float32
+        return forward_sum(self.means, self.conics, colors, self.height, self.width, self.boxes, self.bins, out)
 
     def backward(self, colors: np.ndarray, grad_out: np.ndarray) -> list[np.ndarray]:  # [H, W, 3] ->
         """float64 gradients [N, 2], [N, 3], [N, 3] of sum(grad_out * forward(colors))."""
