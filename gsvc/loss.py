@@ -141,7 +141,8 @@ class Pictures:
     """Picture buffers a training loop reuses from one iteration to the next: the fused
     loss draws its two pictures into them and turns them into its gradients in place. A
     fresh 12 MP picture is 144 MB of new pages for the kernel to fault in and zero, each
-    time (measured: 0.34 s a gradient pass at 4000x3000, a third of an iteration)."""
+    time (measured: 0.34 s a gradient pass at 4000x3000, about a third of an iteration).
+    Buffers of another size are not reused: ``take`` then allocates."""
 
     def __init__(self) -> None:
         self._free: list[np.ndarray] = []
@@ -212,8 +213,15 @@ def split_mse_reference(means: Tensor, chol: Tensor, colors: Tensor, split: int,
     return torch.stack([clamped_mse(full, target), clamped_mse(low, target)])
 
 
-def split_mse(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,  # [N, 2], [N, 3], [N, 3], [H, W, 3]
-              backend: str = "torch", pictures: Pictures | None = None) -> Tensor:  # -> [2]
+def split_mse(
+    means: Tensor,  # [N, 2]
+    chol: Tensor,  # [N, 3]
+    colors: Tensor,  # [N, 3]
+    split: int,
+    target: Tensor,  # [H, W, 3]
+    backend: str = "torch",
+    pictures: Pictures | None = None,
+) -> Tensor:  # [2]
     """The two terms of the joint loss at scale 1: MSE of all N Gaussians' clamped
     picture and of the first ``split`` Gaussians' (layers 1..k), against ``target``.
     With the numba backend on float32 CPU tensors, one fused node (``_SplitMSE``: the

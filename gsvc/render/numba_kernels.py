@@ -37,8 +37,8 @@ run and for any thread count.
 
 Backward: mirrors the forward, reusing its binning. Tiles are processed in parallel;
 the tile's incoming gradient is copied from the [H, W, 3] image (one contiguous run a
-row) to a planar TILE x TILE block, and each of its Gaussians visits exactly the forward's pixels (same rows, same column mask, same q
-cut) two rows per pass, with per-column float32 partial sums of w*g (3), d, d*dy and
+row) to a planar TILE x TILE block, and each of its Gaussians visits exactly the
+forward's pixels (same rows, same column mask, same q cut) two rows per pass, with per-column float32 partial sums of w*g (3), d, d*dy and
 d*dy^2 (d = w * <color, g> = -2 dL/dq; the dx moments are taken from the column sums,
 dx being constant down a column). These are folded over the TILE lanes in a fixed
 pairwise order (SIMD shuffles) into the (tile, Gaussian) pair's own float64 row of a
