@@ -139,17 +139,17 @@ def objective_gradient(ops: _Operators, prefixes: list[Tensor], clamped: list[Te
 
 def _apply_transposed(ops: _Operators, images: list[Tensor], weights: list[float], first: int = 0) -> list[Tensor]:
     """[sum_{k >= l} w_k R_l^T images_k for each layer l >= first; zeros before]
-    (one transpose per free layer). Consumes ``images``: they are scaled and summed in
-    place (no new picture: at 12 MP each would be 144 MB of fresh pages)."""
+    (one transpose per free layer). Consumes ``images`` from ``first`` on: they are
+    scaled and summed in place (no new picture: at 12 MP each would be 144 MB of fresh
+    pages); those before ``first`` are not read (no transpose below needs them)."""
     out, acc = [], None
     for k in reversed(range(len(images))):
-        scaled = images[k] if images[k] is not acc else images[k].clone()  # (a shared zero picture)
-        scaled.mul_(weights[k])
-        acc = scaled if acc is None else acc.add_(scaled)
-        if k >= first:
-            out.append(ops.transpose(k, acc))
-        else:
+        if k < first:  # held fixed
             out.append(torch.zeros_like(ops.geometry[k][0][:, :1].expand(-1, 3)))
+            continue
+        images[k].mul_(weights[k])
+        acc = images[k] if acc is None else acc.add_(images[k])
+        out.append(ops.transpose(k, acc))
     return out[::-1]
 
 
