@@ -348,6 +348,53 @@ def test_culling_drops_needle_pairs():
     assert f32(closest) > nk._Q32 and closest < 1.5 * nk._Q32  # the bound is tight
 
 
+def test_row_spans_leave_out_only_empty_rows():
+    """Binning narrows a kept pair's rows to where its ellipse may keep a pixel of the
+    box's columns in the tile: a subset of the box rows, with the parity of the box's
+    first row (the backward's pairs of rows), fewer rows in all, and every row left out
+    keeps no pixel (brute force, in the kernels' float32 order)."""
+    import numpy as np
+
+    from gsvc.render import numba_kernels as nk
+
+    f32 = np.float32
+    height, width = 160, 224
+    means, conics, _ = _trained_like(height, width, seed=47)
+    boxes = nk.pixel_boxes(means, conics, height, width)
+    full = nk.bin_boxes(boxes, height, width)
+    culled = nk.bin_boxes(boxes, height, width, means, conics)
+    tiles_x = -(-width // nk.TILE)
+    box_rows = {}
+    for t in range(len(full.offsets) - 1):
+        for k in range(full.offsets[t], full.offsets[t + 1]):
+            box_rows[t, int(full.ids[k])] = (int(full.rows[k, 0]), int(full.rows[k, 1]))
+    kept = left_out = 0
+    for t in range(len(culled.offsets) - 1):
+        tx, ty = (t % tiles_x) * nk.TILE, (t // tiles_x) * nk.TILE
+        for k in range(culled.offsets[t], culled.offsets[t + 1]):
+            i = int(culled.ids[k])
+            first, last = (int(v) for v in culled.rows[k])
+            b0, b1 = box_rows[t, i]
+            kept += max(last - first + 1, 0)
+            if last < first:
+                first = last = b1 + 1  # none kept: every box row is left out
+            else:
+                assert b0 <= first and last <= b1 and (first - b0) % 2 == 0, (t, i, first, last, b0, b1)
+            out = [r for r in range(b0, b1 + 1) if r < first or r > last]
+            left_out += len(out)
+            if not out:
+                continue
+            x0, x1 = boxes[i, 0], boxes[i, 1]
+            px = np.arange(max(tx, x0), min(tx + nk.TILE - 1, x1) + 1).astype(f32)
+            py = (ty + np.array(out)).astype(f32)
+            dx = ((px + f32(0.5)) - means[i, 0])[None, :]
+            dy = ((py + f32(0.5)) - means[i, 1])[:, None]
+            ca, cb2, cc = conics[i, 0], f32(2) * conics[i, 1], conics[i, 2]
+            q = (ca * dx * dx + cb2 * dx * dy) + cc * dy * dy
+            assert (q > nk._Q32).all(), (t, i)
+    assert left_out > 0.05 * (kept + left_out), (kept, left_out)
+
+
 def test_invalid_conics_zero_grad():
     """Non-positive-definite / non-finite conics and non-finite means: nothing drawn,
     zero gradients, and the other Gaussians' gradients are unaffected."""
