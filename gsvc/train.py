@@ -188,6 +188,28 @@ class TrainSettings:
         return scales[k - 1] if k <= len(scales) else 1.0
 
 
+#: an optimizer step over fewer parameters than this runs on one CPU thread (``_step``)
+SMALL_STEP = 1 << 20
+
+
+def _step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``; a small one on the CPU with torch's intra-op threads at one.
+    Fused Adam is elementwise, so its values do not depend on the thread count, but
+    waking the pool's threads costs more than a few thousand Gaussians' update: measured
+    on 2 cores, 9 parameter tensors of 1000 Gaussians, 210 us a step with 2 threads and
+    99 us with 1."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    threads = torch.get_num_threads()
+    if threads == 1 or sum(p.numel() for p in params) >= SMALL_STEP or any(p.device.type != "cpu" for p in params):
+        optimizer.step()
+        return
+    torch.set_num_threads(1)
+    try:
+        optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _stage_iterations(settings: TrainSettings, num_layers: int) -> list[int]:
     total = settings.iterations
     if settings.mode == "sequential":
@@ -484,7 +506,7 @@ def refine(
                               for l, layer in enumerate(layers))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        _step(optimizer)
         if after_step is not None:
             with torch.no_grad():
                 for l, layer in enumerate(layers):
@@ -586,7 +608,7 @@ def fit(
                 loss = loss + pricing(layers, done, full_mse, part)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            _step(optimizer)
             it += 1
             done += 1
             if pending_resizes and done >= pending_resizes[0] and len(layers) == num_layers:

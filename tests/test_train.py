@@ -121,3 +121,36 @@ def test_fit_resizes_once_per_point_and_only_with_all_layers():
     model = fit(target, (6, 5, 5), TrainSettings(iterations=40), STEPS, "torch", resize=resize, resize_at=(2, 3, 30))
     assert seen == [[6, 5, 5], [5, 4, 4]]  # 2 and 3 reached before layer 3 existed: one call, then 30
     assert model.counts == (4, 3, 3)
+
+
+def test_small_optimizer_steps_run_on_one_thread_with_the_same_values():
+    """``_step`` runs a small step with torch's threads at one and gives the values of a
+    plain ``optimizer.step()`` bit for bit; the thread count is restored afterwards."""
+    from gsvc.train import _step
+
+    def trajectory(step):
+        g = torch.Generator().manual_seed(3)
+        params = [torch.randn(500, k, generator=g, requires_grad=True) for k in (2, 3, 3)]
+        opt = torch.optim.Adam([{"params": [p]} for p in params], lr=0.05, eps=1e-15, fused=True)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            step(opt)
+        return [p.detach().clone() for p in params]
+
+    threads = torch.get_num_threads()
+    seen = []
+
+    class Watch(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(torch.get_num_threads())
+            return super().step(closure)
+
+    ref = trajectory(lambda opt: opt.step())
+    got = trajectory(_step)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert torch.get_num_threads() == threads
+    p = torch.zeros(10, requires_grad=True)
+    p.grad = torch.ones(10)
+    _step(Watch([p], lr=0.1))
+    assert seen == [1] and torch.get_num_threads() == threads
