@@ -65,6 +65,7 @@ from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
 from .quantize import dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
 from .render import render
+from .step_l1 import distance_grads, shrink_towards, step_distance
 from .train import refine
 
 
@@ -177,25 +178,21 @@ FrameCallback = Callable[[FrameReport], None]
 
 
 class _StepL1(torch.autograd.Function):
-    """``_rate_bits``' expression on the CPU as one node (numpy), value and gradient:
+    """``_rate_bits``' expression on the CPU as one node (gsvc.step_l1), value and gradient:
     2 x sum |v / steps - base| over the first K Gaussians' parameters (FORMAT.md order)."""
 
     @staticmethod
     def forward(ctx, means, chol, colors, base, steps):  # base [K, 8], steps [8]: float32 numpy
-        k = base.shape[0]
-        d = np.concatenate([t.detach().numpy()[:k] for t in (means, chol, colors)], axis=1) / steps - base
-        ctx.slope = np.sign(d) * (np.float32(2.0) / steps)  # [K, 8]
+        value, ctx.slope = step_distance(*(t.detach().numpy() for t in (means, chol, colors)), base, steps)
         ctx.count = means.shape[0]
-        return torch.tensor(2.0 * float(np.abs(d).sum(dtype=np.float64)), dtype=torch.float32)
+        return torch.tensor(value, dtype=torch.float32)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        g = np.zeros((ctx.count, 8), dtype=np.float32)
-        g[: ctx.slope.shape[0]] = ctx.slope * np.float32(grad)
+        grads = distance_grads(ctx.slope, np.float32(grad), ctx.count)
         ctx.slope = None
-        parts = (g[:, :2], g[:, 2:5], g[:, 5:])
-        return tuple(torch.from_numpy(np.ascontiguousarray(p)) for p in parts) + (None, None)
+        return tuple(torch.from_numpy(g) for g in grads) + (None, None)
 
 
 def _rate_bits(base: Tensor, steps: Tensor) -> Callable[[GaussianLayer], Tensor]:
@@ -215,22 +212,22 @@ def _shrink_towards(base: Tensor, steps: Tensor, amount: float) -> Callable[[Gau
     """Soft-threshold the kept Gaussians' differences to ``base`` by ``amount * decay`` steps
     (in place; on the CPU through numpy views of the parameters)."""
     k = base.shape[0]
-    cpu = base.device.type == "cpu"
+    if base.device.type == "cpu":
+        base_np, steps_np = base.numpy(), steps.numpy()
+
+        def shrink_cpu(layer: GaussianLayer, decay: float) -> None:  # the parameters' own memory
+            shrink_towards(*(t.detach().numpy() for t in layer.tensors()), base_np, steps_np, amount * decay)
+
+        return shrink_cpu
     parts, col = [], 0  # per parameter tensor: its columns of base and steps, sliced once
     for width in GaussianLayer.WIDTHS:
-        b, st = base[:, col : col + width], steps[col : col + width]
-        parts.append((np.ascontiguousarray(b.numpy()), st.numpy()) if cpu else (b, st))
+        parts.append((base[:, col : col + width], steps[col : col + width]))
         col += width
 
     def shrink(layer: GaussianLayer, decay: float) -> None:
         tau = amount * decay
         for t, (b, st) in zip(layer.tensors(), parts):
-            if cpu:
-                v = t.detach().numpy()[:k]  # the parameter's own memory
-                d = v / st - b
-                v[...] = (b + np.sign(d) * np.maximum(np.abs(d) - np.float32(tau), np.float32(0.0))) * st
-            else:
-                t[:k] = (b + torch.nn.functional.softshrink(t[:k] / st - b, tau)) * st
+            t[:k] = (b + torch.nn.functional.softshrink(t[:k] / st - b, tau)) * st
 
     return shrink
 
