@@ -3,7 +3,7 @@ first K Gaussians to their reference (``base``, the reference's integers), and t
 soft threshold that shrinks it (video_encoder's ``_rate_bits`` and ``_shrink_towards``).
 
 One numba pass each instead of a dozen small numpy operations a layer and iteration
-(a Megamind P-frame ran them 1080 times a layer). The float32 arithmetic is numpy's,
+(360 times a layer in a Megamind P-frame). The float32 arithmetic is numpy's,
 operation for operation, so the parameters and gradients are the same bit for bit;
 only the proxy's value (a float64 sum, which no gradient reads) is summed in another
 order. Parameters in FORMAT.md order: means [N, 2], chol [N, 3], colors [N, 3] against

@@ -210,7 +210,7 @@ def _rate_bits(base: Tensor, steps: Tensor) -> Callable[[GaussianLayer], Tensor]
 
 def _shrink_towards(base: Tensor, steps: Tensor, amount: float) -> Callable[[GaussianLayer, float], None]:
     """Soft-threshold the kept Gaussians' differences to ``base`` by ``amount * decay`` steps
-    (in place; on the CPU through numpy views of the parameters)."""
+    (in place; on the CPU with ``step_l1.shrink_towards`` on the parameters' own memory)."""
     k = base.shape[0]
     if base.device.type == "cpu":
         base_np, steps_np = base.numpy(), steps.numpy()
