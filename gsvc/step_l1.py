@@ -56,16 +56,18 @@ def _scaled(slope, grad, col, out):
             out[i, j] = slope[i, col + j] * grad
 
 
-def distance_grads(slope: np.ndarray, grad: np.float32, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The gradients of ``grad`` x the distance for means [N, 2], chol [N, 3], colors [N, 3]
-    (N = ``count``): slope x grad on the first K Gaussians, zero on the rest."""
+def distance_grads(slope: np.ndarray, grad: np.float32, count: int,
+                   widths: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The gradients of ``grad`` x the distance for each parameter, [N, width] for each of
+    ``widths`` (GaussianLayer.WIDTHS; N = ``count``): slope x grad on the first K
+    Gaussians, zero on the rest."""
     out, col = [], 0
-    for width in (2, 3, 3):
+    for width in widths:
         g = np.zeros((count, width), dtype=np.float32)
         _scaled(slope, np.float32(grad), col, g)
         out.append(g)
         col += width
-    return out[0], out[1], out[2]
+    return tuple(out)
 
 
 @numba.njit(**_JIT)

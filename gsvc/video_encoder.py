@@ -190,7 +190,7 @@ class _StepL1(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        grads = distance_grads(ctx.slope, np.float32(grad), ctx.count)
+        grads = distance_grads(ctx.slope, np.float32(grad), ctx.count, GaussianLayer.WIDTHS)
         ctx.slope = None
         return tuple(torch.from_numpy(g) for g in grads) + (None, None)
 
@@ -211,7 +211,6 @@ def _rate_bits(base: Tensor, steps: Tensor) -> Callable[[GaussianLayer], Tensor]
 def _shrink_towards(base: Tensor, steps: Tensor, amount: float) -> Callable[[GaussianLayer, float], None]:
     """Soft-threshold the kept Gaussians' differences to ``base`` by ``amount * decay`` steps
     (in place; on the CPU with ``step_l1.shrink_towards`` on the parameters' own memory)."""
-    k = base.shape[0]
     if base.device.type == "cpu":
         base_np, steps_np = base.numpy(), steps.numpy()
 
@@ -219,6 +218,7 @@ def _shrink_towards(base: Tensor, steps: Tensor, amount: float) -> Callable[[Gau
             shrink_towards(*(t.detach().numpy() for t in layer.tensors()), base_np, steps_np, amount * decay)
 
         return shrink_cpu
+    k = base.shape[0]
     parts, col = [], 0  # per parameter tensor: its columns of base and steps, sliced once
     for width in GaussianLayer.WIDTHS:
         parts.append((base[:, col : col + width], steps[col : col + width]))

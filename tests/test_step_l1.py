@@ -28,7 +28,7 @@ def test_distance_and_gradients_match_numpy(seed):
     grad = np.float32(0.37)
     g = np.zeros((parts[0].shape[0], 8), dtype=np.float32)
     g[:k] = slope * grad
-    for got, want in zip(distance_grads(slope, grad, parts[0].shape[0]), (g[:, :2], g[:, 2:5], g[:, 5:])):
+    for got, want in zip(distance_grads(slope, grad, parts[0].shape[0], (2, 3, 3)), (g[:, :2], g[:, 2:5], g[:, 5:])):
         assert got.dtype == np.float32 and np.array_equal(got, want)
 
 

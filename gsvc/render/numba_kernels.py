@@ -215,6 +215,15 @@ def _prepare(means, conics, height, width, boxes):
 
 
 @numba.njit(inline="always", **_JIT)
+def _q_rounding(ca, cb, cc, ax, ay):
+    """A bound on how far the float32 evaluation of q may fall below its exact value at
+    any point with |dx| <= ax, |dy| <= ay (float64): a few ulps of the magnitudes of q's
+    terms, ``size`` (culling's CULL_REL, CULL_ABS)."""
+    size = ca * ax * ax + 2.0 * abs(cb) * ax * ay + cc * ay * ay  # bounds |each term| of q
+    return CULL_REL * size + CULL_ABS
+
+
+@numba.njit(inline="always", **_JIT)
 def _misses(ca, cb, cc, kx, ky, mx, my, x_lo, x_hi, y_lo, y_hi):
     """Whether no pixel centre of columns x_lo..x_hi, rows y_lo..y_hi passes the float32
     cut q <= Q_MAX: numpy_forward._misses for one valid Gaussian (float64 parameters,
@@ -247,8 +256,7 @@ def _misses(ca, cb, cc, kx, ky, mx, my, x_lo, x_hi, y_lo, y_hi):
     qmin = min(qmin, ca * u * u + 2.0 * cb * u * y1 + cc * y1 * y1)
     ax = max(abs(x0), abs(x1))
     ay = max(abs(y0), abs(y1))
-    size = ca * ax * ax + 2.0 * abs(cb) * ax * ay + cc * ay * ay  # bounds |each term| of q
-    return qmin - (CULL_REL * size + CULL_ABS) > _Q32_64
+    return qmin - _q_rounding(ca, cb, cc, ax, ay) > _Q32_64
 
 
 @numba.njit(inline="always", **_JIT)
@@ -324,10 +332,10 @@ def _bin_tiles(means, conics, boxes, box_starts, cull, tiles_x, tiles, spans, co
         kx = -cb / cc if test else 0.0
         ky = -cb / ca if test else 0.0
         # row spans (tested boxes only): the ellipse q = qr, qr the cut-off widened by
-        # _misses' bound on the float32 rounding of q over the whole box; its top is at
+        # the bound on the float32 rounding of q over the whole box (_q_rounding); its top is at
         # (xtop, ymax) and its bottom at (-xtop, -ymax), relative to the mean
         det = ca * cc - cb * cb
-        qr = _Q32_64 + CULL_REL * (ca * bx * bx + 2.0 * abs(cb) * bx * by + cc * by * by) + CULL_ABS
+        qr = _Q32_64 + _q_rounding(ca, cb, cc, bx, by)
         ymax = math.sqrt(qr * ca / det) if test else 0.0
         xmax = math.sqrt(qr * cc / det) if test else 0.0
         xtop = -cb / ca * ymax
