@@ -175,7 +175,7 @@ class _SplitMSE(torch.autograd.Function):
         tgt = target.detach().contiguous().numpy()
         parts, images = [], []
         for sl in (slice(0, split), slice(split, None)):
-            binned = Binned(m[sl], conics[sl], h, w)
+            binned = Binned(m[sl], conics[sl], h, w, fused=True)
             images.append(binned.forward(col[sl], None if pictures is None else pictures.take(h, w)))
             parts.append((binned, col[sl]))
         low, full = images  # full: low + high, summed in place by _split_sse_rows

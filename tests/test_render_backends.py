@@ -241,6 +241,45 @@ def test_backward_binning_reused():
     assert (out == nk.forward_sum(means, conics, colors, height, width)).all()
 
 
+def test_training_draw_differs_from_the_decoders_only_in_rounding():
+    """numba_kernels' two draws: training's (exp's multiply-adds fused, the one
+    rasterize_sum makes and the backward differentiates) keeps the decoder's pixels; for
+    a lone Gaussian both are within 2 ulp of exp(-q/2) of the kernels' float32 q, and they
+    do differ (the fused path is live)."""
+    import numpy as np
+
+    from gsvc.render import numba_kernels as nk
+
+    height, width = 40, 56
+    f32 = np.float32
+    means = np.array([[23.3, 17.8]], f32)
+    conics = np.array([[0.011, -0.004, 0.017]], f32)
+    ones = np.ones((1, 3), f32)
+    exact = nk.forward_sum(means, conics, ones, height, width)[..., 0]
+    fused = nk.forward_sum(means, conics, ones, height, width, fused=True)[..., 0]
+    # q in the kernels' float32 order, exp of -q/2 in float64
+    x = np.arange(width, dtype=f32) + f32(0.5) - means[0, 0]
+    y = (np.arange(height, dtype=f32) + f32(0.5) - means[0, 1])[:, None]
+    ca, cb2, cc = conics[0, 0], f32(2) * conics[0, 1], conics[0, 2]
+    q = (ca * x * x + cb2 * x * y) + cc * y * y
+    kept = q <= f32(nk._Q32)
+    assert kept.sum() > 500 and ((exact > 0) == kept).all() and ((fused > 0) == kept).all()
+    want = np.exp(-0.5 * q.astype(np.float64))[kept]
+    for got in (exact, fused):
+        ulps = np.abs(got[kept] - want) / np.spacing(want.astype(f32))
+        assert ulps.max() <= 2.0, ulps.max()
+    assert (exact != fused).any()
+    # rasterize_sum draws training's picture; several Gaussians: the same support
+    means, conics, colors = (t.numpy() for t in _gaussians(80, height, width, seed=17))
+    exact = nk.forward_sum(means, conics, colors, height, width)
+    fused = nk.forward_sum(means, conics, colors, height, width, fused=True)
+    with torch.no_grad():
+        drawn = numba_cpu.rasterize_sum(*(torch.from_numpy(a) for a in (means, conics, colors)), height, width)
+    assert _bit_equal(drawn.numpy(), fused)
+    np.testing.assert_allclose(fused, exact, rtol=1e-5, atol=1e-6)
+    assert (exact != fused).any()
+
+
 def _trained_like(height, width, seed):
     """Needles (elongated, rotated), large, small and off-image Gaussians, float32 numpy."""
     g = torch.Generator().manual_seed(seed)
@@ -284,9 +323,10 @@ def test_culling_bit_identical(scene):
     full = nk.bin_boxes(boxes, height, width)  # every box tile: the kernels without culling
     culled = nk.bin_boxes(boxes, height, width, means, conics)
     assert len(culled[1]) < (0.9 if scene == "random" else 0.5) * len(full[1])
-    out = nk.forward_sum(means, conics, colors, height, width, boxes, full)
-    assert _bit_equal(nk.forward_sum(means, conics, colors, height, width, boxes, culled), out)
-    assert _bit_equal(nk.forward_sum(means, conics, colors, height, width), out)  # culls by default
+    for fused in (False, True):  # the decoder's draw and training's
+        out = nk.forward_sum(means, conics, colors, height, width, boxes, full, fused=fused)
+        assert _bit_equal(nk.forward_sum(means, conics, colors, height, width, boxes, culled, fused=fused), out)
+        assert _bit_equal(nk.forward_sum(means, conics, colors, height, width, fused=fused), out)  # culls by default
     ref = nk.backward_sum(means, conics, colors, boxes, grad, full)
     for got in (nk.backward_sum(means, conics, colors, boxes, grad, culled),
                 nk.backward_sum(means, conics, colors, boxes, grad)):

@@ -21,7 +21,7 @@ class _RasterizeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, conics, colors, height, width):
         col = _as_f32(colors)
-        binned = Binned(_as_f32(means), _as_f32(conics), height, width)
+        binned = Binned(_as_f32(means), _as_f32(conics), height, width, fused=True)
         out = binned.forward(col)
         if any(ctx.needs_input_grad[:3]):
             ctx.arrays = (binned, col)  # the backward needs no re-binning
@@ -45,11 +45,11 @@ class FixedGeometry:
     """One set of Gaussians' positions and shapes, boxed and binned once, drawn many times
     with different colours (R c) and its transpose (R^T Y: the colour gradient of
     <picture, Y>, which needs no forward pass). The colour solve's linear operator: the
-    same numbers as rasterize_sum and its backward, bit for bit, without re-binning or a
-    forward per transpose."""
+    same numbers as rasterize_sum in training (its fused draw) and its backward, bit for
+    bit, without re-binning or a forward per transpose."""
 
     def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
-        self.binned = Binned(_as_f32(means), _as_f32(conics), height, width)
+        self.binned = Binned(_as_f32(means), _as_f32(conics), height, width, fused=True)
         self.device = means.device
 
     def draw(self, colors: Tensor) -> Tensor:  # [N, 3] -> [H, W, 3] float32
@@ -71,7 +71,9 @@ def rasterize_sum(
 ) -> Tensor:  # [H, W, 3] float32, not clamped
     """Sum of the Gaussians over a height x width image (see the module docstring).
 
-    Differentiable w.r.t. means, conics and colors (hand-written numba backward);
+    Differentiable w.r.t. means, conics and colors (hand-written numba backward). It
+    draws training's picture (numba_kernels: exp's multiply-adds fused), the one the
+    backward differentiates; the decoder draws with ``render.render_array``;
     inputs of any float dtype are cast to float32, gradients come back in the inputs'
     dtypes. Runs on the CPU (other devices are copied there and back).
     """
