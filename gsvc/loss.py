@@ -21,14 +21,37 @@ from torch import Tensor
 from .render.geometry import EPS, conics_from_chol
 
 
+#: float64 partial sums a row of the squared errors: lane j sums the columns c = j mod
+#: _LANES of the row's whole blocks of _LANES, the lanes are then added in order, then
+#: the columns past the last whole block (one serial float64 sum would bound the pass by
+#: the latency of its additions: 1.0 against 0.3 ms a 768x512 split pass)
+_LANES = 16
+
+
+@numba.njit(inline="always")
+def _clamped_error(p, t):  # float32 each -> float64 (clamp(p, 0, 1) - t)
+    c = np.float32(0.0) if p < np.float32(0.0) else (np.float32(1.0) if p > np.float32(1.0) else p)
+    return np.float64(c - t)
+
+
 @numba.njit(parallel=True, cache=True)
 def _sse_rows(pred, target):  # [R, C] float32 each -> [R] float64 partial sums
     rows, cols = pred.shape
+    whole = cols - cols % _LANES
     out = np.zeros(rows, dtype=np.float64)
     for r in prange(rows):
+        lanes = np.zeros(_LANES, dtype=np.float64)
+        c0 = 0
+        while c0 < whole:  # (a stepped range loop here runs ~15x slower: not vectorized)
+            for j in range(_LANES):
+                v = _clamped_error(pred[r, c0 + j], target[r, c0 + j])
+                lanes[j] += v * v
+            c0 += _LANES
         acc = 0.0
-        for c in range(cols):
-            v = min(max(pred[r, c], np.float32(0.0)), np.float32(1.0)) - target[r, c]
+        for j in range(_LANES):
+            acc += lanes[j]
+        for c in range(whole, cols):
+            v = _clamped_error(pred[r, c], target[r, c])
             acc += v * v
         out[r] = acc
     return out
@@ -105,17 +128,34 @@ def _split_sse_rows(low, high, target):  # [R, C] float32 each -> [R, 2] float64
     """high <- low + high (the full picture, in place); per row, the squared errors of
     the clamped full and low pictures (``_sse_rows`` of each, in its order)."""
     rows, cols = low.shape
+    whole = cols - cols % _LANES
     out = np.zeros((rows, 2), dtype=np.float64)
     for r in prange(rows):
+        lanes_full = np.zeros(_LANES, dtype=np.float64)
+        lanes_low = np.zeros(_LANES, dtype=np.float64)
+        c0 = 0
+        while c0 < whole:  # (as in _sse_rows)
+            for j in range(_LANES):
+                lo = low[r, c0 + j]
+                full = lo + high[r, c0 + j]
+                high[r, c0 + j] = full
+                v = _clamped_error(full, target[r, c0 + j])
+                lanes_full[j] += v * v
+                u = _clamped_error(lo, target[r, c0 + j])
+                lanes_low[j] += u * u
+            c0 += _LANES
         acc_full = 0.0
         acc_low = 0.0
-        for c in range(cols):
+        for j in range(_LANES):
+            acc_full += lanes_full[j]
+            acc_low += lanes_low[j]
+        for c in range(whole, cols):
             lo = low[r, c]
             full = lo + high[r, c]
             high[r, c] = full
-            v = min(max(full, np.float32(0.0)), np.float32(1.0)) - target[r, c]
+            v = _clamped_error(full, target[r, c])
             acc_full += v * v
-            u = min(max(lo, np.float32(0.0)), np.float32(1.0)) - target[r, c]
+            u = _clamped_error(lo, target[r, c])
             acc_low += u * u
         out[r, 0] = acc_full
         out[r, 1] = acc_low

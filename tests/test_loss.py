@@ -84,3 +84,26 @@ def test_split_mse_reuses_picture_buffers_bit_for_bit():
     leaves = [t.clone().requires_grad_() for t in params]
     split_mse(*leaves, 100, target, backend="numba", pictures=pictures)  # forward only: takes both
     assert not pictures._free and len(kept) == 2
+
+
+@pytest.mark.parametrize("cols", [7, 48, 53 * 3])
+def test_split_sums_are_the_plain_sums_of_each_picture(cols):
+    """The split pass's two sums a row are ``_sse_rows`` of the full and the low picture
+    bit for bit (the same lanes and order, whole blocks and tail), close to numpy's float64
+    sums of the float32 differences,
+    and it writes the full picture in place."""
+    import numpy as np
+
+    from gsvc.loss import _split_sse_rows, _sse_rows
+
+    rng = np.random.default_rng(cols)
+    low = (rng.random((9, cols)) * 1.4 - 0.2).astype(np.float32)
+    high = (rng.random((9, cols)) * 0.4 - 0.2).astype(np.float32)
+    target = rng.random((9, cols)).astype(np.float32)
+    full = low + high
+    got = _split_sse_rows(low, high, target)
+    assert (high == full).all()
+    assert (got[:, 0] == _sse_rows(full, target)).all() and (got[:, 1] == _sse_rows(low, target)).all()
+    for pic, sums in ((full, got[:, 0]), (low, got[:, 1])):
+        exact = ((np.clip(pic, 0, 1) - target).astype(np.float64) ** 2).sum(axis=1)  # float32 differences
+        np.testing.assert_allclose(sums, exact, rtol=1e-12)
