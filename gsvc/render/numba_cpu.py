@@ -50,6 +50,7 @@ class FixedGeometry:
 
     def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
         self.binned = Binned(_as_f32(means), _as_f32(conics), height, width, fused=True)
+        self.scratch = np.empty(self.binned.scratch_size, dtype=np.float64)  # the transposes' pair sums, reused
         self.device = means.device
 
     def draw(self, colors: Tensor) -> Tensor:  # [N, 3] -> [H, W, 3] float32
@@ -59,7 +60,7 @@ class FixedGeometry:
         """d <draw(c), image> / d c (independent of c; drawn at zero colours, as autograd
         of a zero-colour draw would)."""
         zero = np.zeros((self.binned.means.shape[0], 3), dtype=np.float32)
-        return torch.from_numpy(self.binned.backward(zero, _as_f32(image))[2]).to(self.device)
+        return torch.from_numpy(self.binned.backward(zero, _as_f32(image), self.scratch)[2]).to(self.device)
 
 
 def rasterize_sum(

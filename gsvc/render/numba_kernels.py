@@ -743,20 +743,33 @@ def forward_sum(
     return out
 
 
+def pair_sums_size(bins: Bins) -> int:
+    """float64 entries the backward's pair sums take (``backward_sum``'s scratch)."""
+    return int(bins.ids.shape[0]) * _NSUM
+
+
 def backward_sum(
     means: np.ndarray, conics: np.ndarray, colors: np.ndarray, boxes: np.ndarray,
     grad_out: np.ndarray,  # [H, W, 3] float32
     bins: Bins | None = None,  # the forward's bin_boxes(boxes, ...)
+    scratch: np.ndarray | None = None,  # [>= pair_sums_size(bins)] float64: room for the pair sums
 ) -> list[np.ndarray]:  # float64 gradients [N, 2], [N, 3], [N, 3]
     """Gradients of sum(grad_out * forward_sum(..., fused=True)) w.r.t. means, conics
-    and colors."""
+    and colors. ``scratch``: a buffer the caller keeps from call to call for the pair
+    sums (every pair is written before it is read); at 12 MP they take ~190 MB, which a
+    fresh allocation maps and faults in again each call (~14 ms)."""
     n = means.shape[0]
     height, width = grad_out.shape[0], grad_out.shape[1]
     grads = [np.zeros((n, k), dtype=np.float64) for k in (2, 3, 3)]
     if n and grad_out.size:
         if bins is None:
             bins = bin_boxes(boxes, height, width, means, conics)
-        sums = np.empty((bins.ids.shape[0], _NSUM), dtype=np.float64)
+        size = pair_sums_size(bins)
+        if scratch is not None and scratch.size >= size:
+            assert scratch.dtype == np.float64 and scratch.ndim == 1 and scratch.flags.c_contiguous
+            sums = scratch[:size].reshape(-1, _NSUM)
+        else:
+            sums = np.empty((bins.ids.shape[0], _NSUM), dtype=np.float64)
         _dynamic(_backward_tiles, means, conics, colors, boxes, bins.offsets, bins.ids, bins.slots, bins.rows,
                  -(-width // TILE), grad_out.reshape(height, width * 3), sums)
         _backward_fold(conics, boxes, bins.starts, sums, *grads)
@@ -782,9 +795,17 @@ class Binned:
         return forward_sum(self.means, self.conics, colors, self.height, self.width, self.boxes, self.bins, out,
                            self.fused)
 
-    def backward(self, colors: np.ndarray, grad_out: np.ndarray) -> list[np.ndarray]:  # [H, W, 3] ->
-        """float64 gradients [N, 2], [N, 3], [N, 3] of sum(grad_out * forward(colors))."""
-        return backward_sum(self.means, self.conics, colors, self.boxes, grad_out, self.bins)
+    @property
+    def scratch_size(self) -> int:
+        """float64 entries ``backward``'s scratch needs (pair_sums_size)."""
+        return pair_sums_size(self.bins)
+
+    def backward(self, colors: np.ndarray, grad_out: np.ndarray,  # [H, W, 3] ->
+                 scratch: np.ndarray | None = None) -> list[np.ndarray]:
+        """float64 gradients [N, 2], [N, 3], [N, 3] of sum(grad_out * forward(colors))
+        (training's draw); ``scratch``: backward_sum's."""
+        return backward_sum(self.means, self.conics, colors, self.boxes, grad_out, self.bins, scratch)
 
 
-__all__ = ["Binned", "Bins", "LANES", "TILE", "backward_sum", "bin_boxes", "box_work", "forward_sum", "pixel_boxes"]
+__all__ = ["Binned", "Bins", "LANES", "TILE", "backward_sum", "bin_boxes", "box_work", "forward_sum", "pair_sums_size",
+           "pixel_boxes"]
