@@ -59,8 +59,7 @@ class FixedGeometry:
     def transpose(self, image: Tensor) -> Tensor:  # [H, W, 3] -> [N, 3] float64
         """d <draw(c), image> / d c (independent of c; drawn at zero colours, as autograd
         of a zero-colour draw would)."""
-        zero = np.zeros((self.binned.means.shape[0], 3), dtype=np.float32)
-        return torch.from_numpy(self.binned.backward(zero, _as_f32(image), self.scratch)[2]).to(self.device)
+        return torch.from_numpy(self.binned.transpose(_as_f32(image), self.scratch)).to(self.device)
 
 
 def rasterize_sum(
