@@ -206,13 +206,51 @@ class Pictures:
         self._free = (self._free + list(pictures))[-2:]
 
 
+# --------------------------------------------------------------------------- the anti-needle term
+@numba.njit(parallel=True, cache=True)
+def _aspect_terms(chol, s_max, squares, grads):
+    """Per Gaussian, in float64: e = relu(log(s / s_max)), s = exp(a - b) + (r^2 + 1)
+    exp(b - a); squares[i] <- e^2, grads[i] <- d(e^2)/d(a, b, r) (zero where e = 0).
+    chol [N, 3] float32 -> squares [N], grads [N, 3] float64."""
+    for i in prange(chol.shape[0]):
+        a = np.float64(chol[i, 0])
+        b = np.float64(chol[i, 1])
+        r = np.float64(chol[i, 2])
+        u = np.exp(a - b)
+        t = np.exp(b - a)
+        v = (r * r + 1.0) * t
+        s = u + v
+        e = np.log(s / s_max)
+        if e > 0.0:
+            k = 2.0 * e / s
+            squares[i] = e * e
+            grads[i, 0] = k * (u - v)
+            grads[i, 1] = k * (v - u)
+            grads[i, 2] = k * 2.0 * r * t
+        else:
+            squares[i] = 0.0
+            grads[i, 0] = 0.0
+            grads[i, 1] = 0.0
+            grads[i, 2] = 0.0
+
+
+def aspect_excess(chol: Tensor, s_max: float) -> Tensor:  # [N, 3] log-Cholesky -> scalar
+    """mean over the Gaussians of relu(log(s / s_max))^2, s = exp(a - b) + (r^2 + 1)
+    exp(b - a) (aspect + 1 / aspect of each covariance): the anti-needle term, as tensor
+    operations (``split_mse``'s fused node takes it in float64 with ``_aspect_terms``)."""
+    a, b, r = chol[:, 0], chol[:, 1], chol[:, 2]
+    s = torch.exp(a - b) + (r * r + 1.0) * torch.exp(b - a)
+    excess = torch.relu(torch.log(s / s_max))
+    return (excess * excess).mean()
+
+
 class _SplitMSE(torch.autograd.Function):
     """``split_mse`` on the numba kernels: one autograd node for what would otherwise be
-    two renders, their conics, a sum and two losses (~40 small tensor operations and
-    their backward each iteration)."""
+    two renders, their conics, a sum, two losses and the anti-needle term (~50 small
+    tensor operations and their backward each iteration)."""
 
     @staticmethod
-    def forward(ctx, means, chol, colors, split, target, pictures):
+    def forward(ctx, means, chol, colors, split, target, pictures, s_max):
         from .render.numba_kernels import Binned
 
         h, w = target.shape[:2]
@@ -229,13 +267,19 @@ class _SplitMSE(torch.autograd.Function):
         low, full = images  # full: low + high, summed in place by _split_sse_rows
         n = full.size
         sse = _split_sse_rows(_image_rows(low), _image_rows(full), _image_rows(tgt))
-        ctx.saved = (parts, ch, low, full, tgt, pictures)
-        return torch.tensor([sse[:, 0].sum() / n, sse[:, 1].sum() / n], dtype=torch.float32)
+        excess, aspect_grads = 0.0, None
+        if s_max > 0:
+            squares = np.empty(ch.shape[0], dtype=np.float64)
+            aspect_grads = np.empty(ch.shape, dtype=np.float64)
+            _aspect_terms(ch, float(s_max), squares, aspect_grads)
+            excess = squares.sum() / ch.shape[0]
+        ctx.saved = (parts, ch, low, full, tgt, pictures, aspect_grads)
+        return torch.tensor([sse[:, 0].sum() / n, sse[:, 1].sum() / n, excess], dtype=torch.float32)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        parts, ch, low, full, tgt, pictures = ctx.saved
+        parts, ch, low, full, tgt, pictures, aspect_grads = ctx.saved
         ctx.saved = None  # the graph (and ctx) lives on until the next iteration's loss replaces it
         n = full.size
         # the pictures become their gradients in place (no new 144 MB pictures at 12 MP)
@@ -247,19 +291,23 @@ class _SplitMSE(torch.autograd.Function):
         if pictures is not None:
             pictures.give(g_low, g_full)
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
-        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, _chol_grad(ch, g_conics), g_colors)]
-        return out[0], out[1], out[2], None, None, None
+        g_chol = _chol_grad(ch, g_conics)
+        if aspect_grads is not None:
+            g_chol += (float(grad[2]) / ch.shape[0]) * aspect_grads
+        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, g_chol, g_colors)]
+        return out[0], out[1], out[2], None, None, None, None
 
 
 def split_mse_reference(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,
-                        backend: str = "torch") -> Tensor:  # -> [2]
+                        backend: str = "torch", aspect_bound: float = 0.0) -> Tensor:  # -> [3]
     """``split_mse`` as plain tensor operations on any render backend (the oracle)."""
     from .render import render
 
     h, w = target.shape[:2]
     low = render(means[:split], chol[:split], colors[:split], h, w, backend=backend)
     full = low + render(means[split:], chol[split:], colors[split:], h, w, backend=backend)
-    return torch.stack([clamped_mse(full, target), clamped_mse(low, target)])
+    excess = aspect_excess(chol, aspect_bound) if aspect_bound > 0 else torch.zeros((), dtype=full.dtype)
+    return torch.stack([clamped_mse(full, target), clamped_mse(low, target), excess.to(full.device)])
 
 
 def split_mse(
@@ -270,14 +318,17 @@ def split_mse(
     target: Tensor,  # [H, W, 3]
     backend: str = "torch",
     pictures: Pictures | None = None,
-) -> Tensor:  # [2]
-    """The two terms of the joint loss at scale 1: MSE of all N Gaussians' clamped
-    picture and of the first ``split`` Gaussians' (layers 1..k), against ``target``.
+    aspect_bound: float = 0.0,
+) -> Tensor:  # [3]
+    """The terms of the joint loss at scale 1: MSE of all N Gaussians' clamped picture,
+    of the first ``split`` Gaussians' (layers 1..k), against ``target``, and the
+    anti-needle term ``aspect_excess(chol, aspect_bound)`` (0 when the bound is 0).
     With the numba backend on float32 CPU tensors, one fused node (``_SplitMSE``: the
-    same renders; conic gradients chained to the Cholesky factors in float64), drawing
-    into ``pictures``' buffers when given (a training loop's, reused every iteration)."""
+    same renders; conic gradients chained to the Cholesky factors in float64, the
+    anti-needle term in float64), drawing into ``pictures``' buffers when given (a
+    training loop's, reused every iteration)."""
     fused = backend == "numba" and all(t.device.type == "cpu" and t.dtype == torch.float32
                                        for t in (means, chol, colors, target))
     if fused and 0 < split < means.shape[0]:
-        return _SplitMSE.apply(means, chol, colors, split, target, pictures)
-    return split_mse_reference(means, chol, colors, split, target, backend)
+        return _SplitMSE.apply(means, chol, colors, split, target, pictures, aspect_bound)
+    return split_mse_reference(means, chol, colors, split, target, backend, aspect_bound)

@@ -48,7 +48,7 @@ from .decoder import output_size
 from .colour_solve import ColourSolve, solve_colours
 from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
-from .loss import Pictures, clamped_mse, split_mse
+from .loss import Pictures, aspect_excess, clamped_mse, split_mse
 from .init import init_base_layer, init_enhancement_layer
 from .model import GaussianLayer, LayeredImage, concat
 from .layer_codec import DEFAULT_CODER
@@ -353,14 +353,18 @@ def joint_loss(
     if scale != 1.0:
         full_h, full_w = targets.full.shape[:2]
         coarse = (w / full_w, h / full_h)
-    shape = aspect_penalty(present, settings)
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
         if coarse is None and settings.intermediate_scale(k) == 1.0:
-            g = concat(present)  # both terms from one node on the CPU (loss.split_mse)
-            mses = split_mse(g.means, g.chol, g.colors, sum(len(l) for l in present[:k]), target, backend, pictures)
-            full_mse, part_mse = mses[0], mses[1]
+            g = concat(present)  # all three terms from one node on the CPU (loss.split_mse)
+            bound = _aspect_bound(settings)
+            terms = split_mse(g.means, g.chol, g.colors, sum(len(l) for l in present[:k]), target, backend, pictures,
+                              bound)
+            full_mse, part_mse = terms[0], terms[1]
+            shape = settings.aspect_weight * terms[2] if bound else 0.0
             return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
+    shape = aspect_penalty(present, settings)
+    if joint and len(present) >= 2:
         low = _render_sum(present[:k], h, w, backend, coarse)
         full = low + _render_sum(present[k:], h, w, backend, coarse)
         full_mse = clamped_mse(full, target)
@@ -374,17 +378,21 @@ def joint_loss(
     return full_mse + shape, full_mse, None
 
 
-def aspect_penalty(layers: list[GaussianLayer], settings: TrainSettings) -> Tensor | float:
-    """``aspect_weight`` * mean over all Gaussians of relu(log(s / s_max))^2, s the
-    elongation aspect + 1/aspect of each covariance (TrainSettings.max_aspect)."""
+def _aspect_bound(settings: TrainSettings) -> float:
+    """s_max = max_aspect + 1 / max_aspect, the bound of ``loss.aspect_excess``; 0: no term."""
     if settings.aspect_weight <= 0 or settings.max_aspect <= 0:
         return 0.0
-    chol = torch.cat([l.chol for l in layers], dim=0)
-    a, b, r = chol[:, 0], chol[:, 1], chol[:, 2]
-    s = torch.exp(a - b) + (r * r + 1.0) * torch.exp(b - a)
-    s_max = settings.max_aspect + 1.0 / settings.max_aspect
-    excess = torch.relu(torch.log(s / s_max))
-    return settings.aspect_weight * (excess * excess).mean()
+    return settings.max_aspect + 1.0 / settings.max_aspect
+
+
+def aspect_penalty(layers: list[GaussianLayer], settings: TrainSettings) -> Tensor | float:
+    """``aspect_weight`` * mean over all Gaussians of relu(log(s / s_max))^2, s the
+    elongation aspect + 1/aspect of each covariance (TrainSettings.max_aspect;
+    ``loss.aspect_excess``). The fused joint loss takes the same term inside its node."""
+    bound = _aspect_bound(settings)
+    if bound == 0.0:
+        return 0.0
+    return settings.aspect_weight * aspect_excess(torch.cat([l.chol for l in layers], dim=0), bound)
 
 
 #: iterations in a row at or above ``plateau_psnr_db`` that end a phase at once (a black

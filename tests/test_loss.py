@@ -27,22 +27,24 @@ def _scene(n=300, h=37, w=53, seed=1):
     return (means, chol, colors), torch.rand(h, w, 3, generator=g)
 
 
-def _value_and_grads(fn, params, split, target, backend):
+def _value_and_grads(fn, params, split, target, backend, aspect_bound=0.0):
     leaves = [t.clone().requires_grad_() for t in params]
-    out = fn(*leaves, split, target, backend=backend)
-    (out[0] * 1.3 + out[1] * 0.7).backward()  # both terms weighted, as the joint loss does
+    out = fn(*leaves, split, target, backend=backend, aspect_bound=aspect_bound)
+    (out[0] * 1.3 + out[1] * 0.7 + out[2] * 0.01).backward()  # the terms weighted, as the joint loss does
     return out.detach(), [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("split", [1, 120, 299])
-def test_split_mse_matches_the_reference_in_value_and_gradient(split):
+@pytest.mark.parametrize("split,aspect_bound", [(1, 0.0), (120, 0.0), (299, 0.0), (120, 2.5)])
+def test_split_mse_matches_the_reference_in_value_and_gradient(split, aspect_bound):
     """The fused node (numba renders, conic gradients chained to the Cholesky factors by
-    hand) against plain tensor operations on the torch reference rasterizer."""
+    hand, the anti-needle term in float64) against plain tensor operations on the torch
+    reference rasterizer."""
     params, target = _scene()
-    got, got_grads = _value_and_grads(split_mse, params, split, target, "numba")
-    ref, ref_grads = _value_and_grads(split_mse_reference, params, split, target, "torch")
+    got, got_grads = _value_and_grads(split_mse, params, split, target, "numba", aspect_bound)
+    ref, ref_grads = _value_and_grads(split_mse_reference, params, split, target, "torch", aspect_bound)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     assert got[0] != got[1]
+    assert (got[2] > 0) == (aspect_bound > 0)
     for a, b in zip(got_grads, ref_grads):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
@@ -60,8 +62,8 @@ def test_split_mse_falls_back_to_the_reference_where_it_cannot_fuse():
 
 def test_split_mse_is_deterministic():
     params, target = _scene()
-    first = _value_and_grads(split_mse, params, 100, target, "numba")
-    second = _value_and_grads(split_mse, params, 100, target, "numba")
+    first = _value_and_grads(split_mse, params, 100, target, "numba", aspect_bound=2.5)
+    second = _value_and_grads(split_mse, params, 100, target, "numba", aspect_bound=2.5)
     assert torch.equal(first[0], second[0])
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
 
