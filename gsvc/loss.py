@@ -97,26 +97,40 @@ def clamped_mse(pred: Tensor, target: Tensor) -> Tensor:  # [H, W, 3] each -> sc
 
 
 # --------------------------------------------------------------------------- the joint loss's two terms
-def _chol_grad(chol: np.ndarray, g_conics: np.ndarray) -> np.ndarray:  # [N, 3] each -> [N, 3] float64
-    """Chain a gradient w.r.t. the conics (ca, cb, cc) back to the log-Cholesky (a, b, r)
-    of ``render.geometry.conics_from_chol`` at scale 1, in float64."""
-    c = chol.astype(np.float64)
-    l1, l3 = np.exp(c[:, 0]), np.exp(c[:, 1])
-    l2 = c[:, 2] * l3
-    s11, s12, s22 = l1 * l1 + EPS, l1 * l2, l2 * l2 + l3 * l3 + EPS
-    inv = 1.0 / (s11 * s22 - s12 * s12)
-    inv2 = inv * inv
-    ga, gb, gc = g_conics[:, 0], g_conics[:, 1], g_conics[:, 2]
-    # conic = (s22, -s12, s11) / det, det = s11 s22 - s12^2
-    g11 = -ga * s22 * s22 * inv2 + gb * s12 * s22 * inv2 + gc * (inv - s11 * s22 * inv2)
-    g22 = ga * (inv - s11 * s22 * inv2) + gb * s12 * s11 * inv2 - gc * s11 * s11 * inv2
-    g12 = 2.0 * ga * s12 * s22 * inv2 - gb * (inv + 2.0 * s12 * s12 * inv2) + 2.0 * gc * s11 * s12 * inv2
-    # s11 = l1^2 + EPS, s12 = l1 l2, s22 = l2^2 + l3^2 + EPS; l1 = e^a, l3 = e^b, l2 = r l3
-    return np.stack([
-        2.0 * g11 * l1 * l1 + g12 * l1 * l2,
-        g12 * l1 * l2 + g22 * 2.0 * (l2 * l2 + l3 * l3),
-        g12 * l1 * l3 + g22 * 2.0 * l2 * l3,
-    ], axis=1)
+@numba.njit(cache=True)
+def _chol_grad(chol, g_conics, extra, scale, out):
+    """out <- float32 of the gradient w.r.t. the conics (ca, cb, cc), chained back to the
+    log-Cholesky (a, b, r) of ``render.geometry.conics_from_chol`` at scale 1 in float64,
+    plus ``scale`` x ``extra`` (another term's gradient w.r.t. (a, b, r); None: none).
+    chol [N, 3] float32, g_conics [N, 3] float64, extra [N, 3] float64 -> out [N, 3]
+    float32. One serial pass (a few thousand Gaussians: less than a parallel launch)."""
+    for i in range(chol.shape[0]):
+        l1 = np.exp(np.float64(chol[i, 0]))
+        l3 = np.exp(np.float64(chol[i, 1]))
+        l2 = np.float64(chol[i, 2]) * l3
+        s11 = l1 * l1 + EPS
+        s12 = l1 * l2
+        s22 = l2 * l2 + l3 * l3 + EPS
+        inv = 1.0 / (s11 * s22 - s12 * s12)
+        inv2 = inv * inv
+        ga = g_conics[i, 0]
+        gb = g_conics[i, 1]
+        gc = g_conics[i, 2]
+        # conic = (s22, -s12, s11) / det, det = s11 s22 - s12^2
+        g11 = -ga * s22 * s22 * inv2 + gb * s12 * s22 * inv2 + gc * (inv - s11 * s22 * inv2)
+        g22 = ga * (inv - s11 * s22 * inv2) + gb * s12 * s11 * inv2 - gc * s11 * s11 * inv2
+        g12 = 2.0 * ga * s12 * s22 * inv2 - gb * (inv + 2.0 * s12 * s12 * inv2) + 2.0 * gc * s11 * s12 * inv2
+        # s11 = l1^2 + EPS, s12 = l1 l2, s22 = l2^2 + l3^2 + EPS; l1 = e^a, l3 = e^b, l2 = r l3
+        da = 2.0 * g11 * l1 * l1 + g12 * l1 * l2
+        db = g12 * l1 * l2 + g22 * 2.0 * (l2 * l2 + l3 * l3)
+        dr = g12 * l1 * l3 + g22 * 2.0 * l2 * l3
+        if extra is not None:
+            da += scale * extra[i, 0]
+            db += scale * extra[i, 1]
+            dr += scale * extra[i, 2]
+        out[i, 0] = np.float32(da)
+        out[i, 1] = np.float32(db)
+        out[i, 2] = np.float32(dr)
 
 
 def _image_rows(x: np.ndarray) -> np.ndarray:
@@ -291,11 +305,10 @@ class _SplitMSE(torch.autograd.Function):
         if pictures is not None:
             pictures.give(g_low, g_full)
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
-        g_chol = _chol_grad(ch, g_conics)
-        if aspect_grads is not None:
-            g_chol += (float(grad[2]) / ch.shape[0]) * aspect_grads
-        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, g_chol, g_colors)]
-        return out[0], out[1], out[2], None, None, None, None
+        g_chol = np.empty(ch.shape, dtype=np.float32)
+        _chol_grad(ch, g_conics, aspect_grads, float(grad[2]) / ch.shape[0], g_chol)
+        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, g_colors)]
+        return out[0], torch.from_numpy(g_chol), out[1], None, None, None, None
 
 
 def split_mse_reference(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,
