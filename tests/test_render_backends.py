@@ -493,8 +493,8 @@ def test_backward_scratch_reused_bit_for_bit():
     grad = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(9)).numpy()
     binned = nk.Binned(means, conics, height, width, fused=True)
     fresh = binned.backward(colors, grad)
-    scratch = np.full(binned.scratch_size + 40, np.nan)
-    for buf in (scratch, scratch, np.zeros(3)):
+    scratch = np.full(binned.scratch_size + 40, np.nan, dtype=np.float32)
+    for buf in (scratch, scratch, np.zeros(3, np.float32)):
         for a, b in zip(binned.backward(colors, grad, buf), fresh):
             assert _bit_equal(a, b)
     assert not np.isnan(scratch[:binned.scratch_size]).any() and np.isnan(scratch[binned.scratch_size:]).all()

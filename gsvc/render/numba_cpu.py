@@ -50,7 +50,7 @@ class FixedGeometry:
 
     def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
         self.binned = Binned(_as_f32(means), _as_f32(conics), height, width, fused=True)
-        self.scratch = np.empty(self.binned.scratch_size, dtype=np.float64)  # the transposes' pair sums, reused
+        self.scratch = np.empty(self.binned.scratch_size, dtype=np.float32)  # the transposes' pair sums, reused
         self.device = means.device
 
     def draw(self, colors: Tensor) -> Tensor:  # [N, 3] -> [H, W, 3] float32

@@ -56,7 +56,7 @@ rows counted from the first of the box, whatever rows binning left out, so that 
 float32 sums are those of the whole box), with per-column float32 partial sums of w*g (3), d, d*dy and
 d*dy^2 (d = w * <color, g> = -2 dL/dq; the dx moments are taken from the column sums,
 dx being constant down a column). These are folded over the TILE lanes in a fixed
-pairwise order (SIMD shuffles) into the (tile, Gaussian) pair's own float64 row of a
+pairwise order (SIMD shuffles) into the (tile, Gaussian) pair's own float32 row of a
 pair buffer, laid out Gaussian-major with each Gaussian's kept tiles in row-major order
 (the binning records each list entry's row); a second parallel pass sums each
 Gaussian's rows in that order. Every pair is written once by one thread, so the
@@ -130,9 +130,10 @@ def _pair_sums(typingctx, s, sums, p):
     order; row 6: per-column dx): w g_r, w g_g, w g_b, dx * d, d dy, d dy^2,
     dx * (d dy), dx * (dx * d), each summed over the TILE lanes in float32 in a fixed
     pairwise order (lanes l and l + n/2, n = TILE, TILE/2, ...: SIMD shuffles and adds)
-    and widened to float64. Both arrays C-contiguous."""
+    (float32 sums, stored as they are: the fold widens them to float64 exactly).
+    Both arrays C-contiguous."""
     ok = isinstance(s, types.Array) and s.dtype == types.float32 and s.ndim == 2
-    ok = ok and isinstance(sums, types.Array) and sums.dtype == types.float64
+    ok = ok and isinstance(sums, types.Array) and sums.dtype == types.float32
     ok = ok and s.layout == "C" and sums.layout == "C" and sums.ndim == 2
     if not (ok and isinstance(p, types.Integer)):
         return None
@@ -164,7 +165,7 @@ def _pair_sums(typingctx, s, sums, p):
                 n //= 2
                 v = builder.fadd(builder.shuffle_vector(v, v, lanes(n, 0)),
                                  builder.shuffle_vector(v, v, lanes(n, n)))
-            x = builder.fpext(builder.extract_element(v, ir.Constant(i32, 0)), ir.DoubleType())
+            x = builder.extract_element(v, ir.Constant(i32, 0))
             builder.store(x, builder.gep(dst.data, [builder.add(base, ir.Constant(i64, j))]))
         return context.get_dummy_value()
 
@@ -759,7 +760,7 @@ def forward_sum(
 
 
 def pair_sums_size(bins: Bins) -> int:
-    """float64 entries the backward's pair sums take (``backward_sum``'s scratch)."""
+    """float32 entries the backward's pair sums take (``backward_sum``'s scratch)."""
     return int(bins.ids.shape[0]) * _NSUM
 
 
@@ -767,13 +768,13 @@ def backward_sum(
     means: np.ndarray, conics: np.ndarray, colors: np.ndarray, boxes: np.ndarray,
     grad_out: np.ndarray,  # [H, W, 3] float32
     bins: Bins | None = None,  # the forward's bin_boxes(boxes, ...)
-    scratch: np.ndarray | None = None,  # [>= pair_sums_size(bins)] float64: room for the pair sums
+    scratch: np.ndarray | None = None,  # [>= pair_sums_size(bins)] float32: room for the pair sums
     colours_only: bool = False,  # only the colours' gradients (the others come back zero)
 ) -> list[np.ndarray]:  # float64 gradients [N, 2], [N, 3], [N, 3]
     """Gradients of sum(grad_out * forward_sum(..., fused=True)) w.r.t. means, conics
     and colors. ``scratch``: a buffer the caller keeps from call to call for the pair
-    sums (every pair is written before it is read); at 12 MP they take ~190 MB, which a
-    fresh allocation maps and faults in again each call (~14 ms)."""
+    sums (every pair is written before it is read); at 12 MP they take ~95 MB, which a
+    fresh allocation maps and faults in again each call."""
     n = means.shape[0]
     height, width = grad_out.shape[0], grad_out.shape[1]
     grads = [np.zeros((n, k), dtype=np.float64) for k in (2, 3, 3)]
@@ -782,10 +783,10 @@ def backward_sum(
             bins = bin_boxes(boxes, height, width, means, conics)
         size = pair_sums_size(bins)
         if scratch is not None and scratch.size >= size:
-            assert scratch.dtype == np.float64 and scratch.ndim == 1 and scratch.flags.c_contiguous
+            assert scratch.dtype == np.float32 and scratch.ndim == 1 and scratch.flags.c_contiguous
             sums = scratch[:size].reshape(-1, _NSUM)
         else:
-            sums = np.empty((bins.ids.shape[0], _NSUM), dtype=np.float64)
+            sums = np.empty((bins.ids.shape[0], _NSUM), dtype=np.float32)
         _dynamic(_backward_tiles_colours if colours_only else _backward_tiles, means, conics, colors, boxes,
                  bins.offsets, bins.ids, bins.slots, bins.rows, -(-width // TILE), grad_out.reshape(height, width * 3),
                  sums)
@@ -814,7 +815,7 @@ class Binned:
 
     @property
     def scratch_size(self) -> int:
-        """float64 entries ``backward``'s scratch needs (pair_sums_size)."""
+        """float32 entries ``backward``'s scratch needs (pair_sums_size)."""
         return pair_sums_size(self.bins)
 
     def backward(self, colors: np.ndarray, grad_out: np.ndarray,  # [H, W, 3] ->
