@@ -5,10 +5,11 @@ gradient torch's clamp gives (zero where pred leaves [0, 1]). On the CPU it is o
 numba pass forward and one backward instead of eight tensor operations over the image,
 and the sum is taken in float64 in a fixed order (deterministic).
 
-``split_mse`` gives the joint loss's two terms (the MSE of all layers and of layers
-1..k) from the Gaussians themselves; with the numba backend one autograd node does the
-two renders, both losses and the backward down to the Cholesky factors
-(``split_mse_reference`` is the same as plain tensor operations, the tests' oracle).
+``split_mse`` gives the joint loss's terms (the MSE of all layers and of layers 1..k,
+and the anti-needle term ``aspect_excess``) from the Gaussians themselves; with the
+numba backend one autograd node does the two renders, both losses, the anti-needle term
+and the backward down to the Cholesky factors (``split_mse_reference`` is the same as
+plain tensor operations, the tests' oracle).
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def clamped_mse(pred: Tensor, target: Tensor) -> Tensor:  # [H, W, 3] each -> sc
     return torch.mean((pred.clamp(0.0, 1.0) - target) ** 2)
 
 
-# --------------------------------------------------------------------------- the joint loss's two terms
+# --------------------------------------------------------------------------- the joint loss's terms
 @numba.njit(cache=True)
 def _chol_grad(chol, g_conics, extra, scale, out):
     """out <- float32 of the gradient w.r.t. the conics (ca, cb, cc), chained back to the

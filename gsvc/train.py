@@ -363,8 +363,7 @@ def joint_loss(
             full_mse, part_mse = terms[0], terms[1]
             shape = settings.aspect_weight * terms[2] if bound else 0.0
             return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
-    shape = aspect_penalty(present, settings)
-    if joint and len(present) >= 2:
+        shape = aspect_penalty(present, settings)
         low = _render_sum(present[:k], h, w, backend, coarse)
         full = low + _render_sum(present[k:], h, w, backend, coarse)
         full_mse = clamped_mse(full, target)
@@ -373,6 +372,7 @@ def joint_loss(
         else:
             part_mse = clamped_mse(low, target)
         return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
+    shape = aspect_penalty(present, settings)
     full = _render_sum(present, h, w, backend, coarse)
     full_mse = clamped_mse(full, target)
     return full_mse + shape, full_mse, None

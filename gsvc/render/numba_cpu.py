@@ -45,8 +45,8 @@ class FixedGeometry:
     """One set of Gaussians' positions and shapes, boxed and binned once, drawn many times
     with different colours (R c) and its transpose (R^T Y: the colour gradient of
     <picture, Y>, which needs no forward pass). The colour solve's linear operator: the
-    same numbers as rasterize_sum in training (its fused draw) and its backward, bit for
-    bit, without re-binning or a forward per transpose."""
+    same numbers as rasterize_sum (training's draw) and its backward, bit for bit,
+    without re-binning or a forward per transpose."""
 
     def __init__(self, means: Tensor, conics: Tensor, height: int, width: int):  # [N, 2], [N, 3]
         self.binned = Binned(_as_f32(means), _as_f32(conics), height, width, fused=True)

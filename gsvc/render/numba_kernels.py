@@ -175,7 +175,8 @@ def _pair_sums(typingctx, s, sums, p):
 @intrinsic
 def _fma(typingctx, a, b, c):
     """a * b + c in float32 rounded once (llvm.fma: the same value on every machine; one
-    instruction where the CPU has FMA, as every x86-64 since 2013 and every arm64 does)."""
+    instruction on CPUs with FMA, x86-64 since Haswell and Piledriver and every arm64; a
+    slower library call elsewhere)."""
     if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
         return None
     sig = types.float32(types.float32, types.float32, types.float32)
