@@ -308,8 +308,8 @@ class _SplitMSE(torch.autograd.Function):
         g_means, g_conics, g_colors = (np.concatenate([a, b]) for a, b in zip(*grads))
         g_chol = np.empty(ch.shape, dtype=np.float32)
         _chol_grad(ch, g_conics, aspect_grads, float(grad[2]) / ch.shape[0], g_chol)
-        out = [torch.from_numpy(g.astype(np.float32)) for g in (g_means, g_colors)]
-        return out[0], torch.from_numpy(g_chol), out[1], None, None, None, None
+        return (torch.from_numpy(g_means.astype(np.float32)), torch.from_numpy(g_chol),
+                torch.from_numpy(g_colors.astype(np.float32)), None, None, None, None)
 
 
 def split_mse_reference(means: Tensor, chol: Tensor, colors: Tensor, split: int, target: Tensor,
