@@ -16,6 +16,7 @@ from bitstream.layout import write_stream
 
 from .device import resolve_device
 from .errors import GsvcError
+from .colour_rounding import round_colours
 from .layer_codec import DEFAULT_CODER, encode_intra
 from .model import LayeredImage
 from .quantize import QuantSettings, dequantize, quantize_ints
@@ -84,7 +85,7 @@ class EncodeSettings:
 @dataclass
 class EncodeResult:
     data: bytes  # the complete .gsv stream
-    model: LayeredImage  # the trained, unquantized model
+    model: LayeredImage  # the trained model: geometry unquantized, colours on their steps
     sizes: list[int]  # [header bytes, layer 1 bytes, ...]
 
 
@@ -94,28 +95,45 @@ def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:  # [H, W, 
 
 
 def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
-    """Fit layered Gaussians to ``rgb`` ([H, W, 3] uint8): the unquantized model."""
+    """Fit layered Gaussians to ``rgb`` ([H, W, 3] uint8): geometry unquantized, colours on their steps."""
     if settings.targets is not None:
         return fit_to_targets(rgb, settings, progress)
     h, w = rgb.shape[:2]
     counts = settings.counts_for(w, h)
     device, backend = settings.device_and_backend()
     torch.manual_seed(settings.train.seed)
-    return fit(to_tensor(rgb, device), counts, settings.train, settings.quant.steps(), backend, progress,
-               coder=settings.coder)
+    target = to_tensor(rgb, device)
+    model = fit(target, counts, settings.train, settings.quant.steps(), backend, progress, coder=settings.coder)
+    # counts the user gave are kept; the default ones are a ceiling (Gaussians whose bits
+    # are worth more than what they draw go)
+    return rounded(model, target, settings.train, settings.quant.steps(), settings.coder,
+                   prune=settings.gaussians is None)
+
+
+def rounded(model: LayeredImage, target: torch.Tensor, train: TrainSettings, steps: tuple[float, ...], coder: int,
+            budgets: tuple[int, ...] | None = None, prune: bool = True) -> LayeredImage:
+    """``model`` with its colours on their steps, chosen jointly for distortion and rate
+    (``colour_rounding``; within ``budgets``, each layer's chunk bytes, when given;
+    ``prune``: Gaussians may go, as ``ColourRounding.prune`` says). Resolution layers
+    keep the nearest steps: their objective is not the full-size one."""
+    if train.resolution_scales is not None:
+        return model
+    settings = train.colour_rounding if prune else replace(train.colour_rounding, prune=False)
+    layers = round_colours(model.layers, target, steps, train.intermediate_weight, coder, settings, budgets)
+    return LayeredImage(model.width, model.height, layers)
 
 
 def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
     """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
-    bytes): over-provision, resize early to the budgets, price every layer but the last
-    in the loss (``rate_term``, weights held to the budgets by ``BudgetGains``), trim
-    at the end (rate_control)."""
+    bytes): over-provision, resize early to the budgets (each a few per cent over, for
+    the rounding), price every layer but the last in the loss (``rate_term``, weights
+    held to the budgets by ``BudgetGains``), trim at the end (rate_control), round the
+    colours for distortion and rate within the budgets (``colour_rounding``)."""
     if settings.gaussians is not None:
         raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
     h, w = rgb.shape[:2]
     steps, coder, rate = settings.quant.steps(), settings.coder, settings.rate
     budgets = layer_budgets(settings.targets, header_bytes(w, h, len(settings.targets), steps, coder))
-    counts = initial_counts(budgets, rate, w * h)
     device, backend = settings.device_and_backend()
     train = settings.train
     if train.rate_slope == 0 and rate.slope > 0:
@@ -123,17 +141,25 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
         # bytes per Gaussian fall after the last resize) for no gain (docs/results.md)
         train = replace(train, rate_slope=rate.slope, rate_layers=len(budgets) - 1)
     resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
-    cut = tuple(int(b * rate.resize_margin) for b in budgets)
-    gains = BudgetGains(budgets, steps, coder, rate)
+    # the fit's budgets: the colour rounding at the end saves a few per cent
+    aims = budgets
+    if train.colour_rounding.passes > 0 and train.resolution_scales is None:
+        n_priced = (len(budgets) if train.rate_layers is None else train.rate_layers) if train.rate_slope > 0 else 0
+        aims = tuple(int(b * rate.rounding_margins[0 if l < n_priced else 1]) for l, b in enumerate(budgets))
+    counts = initial_counts(aims, rate, w * h)
+    cut = tuple(int(b * rate.resize_margin) for b in aims)
+    gains = BudgetGains(aims, steps, coder, rate)
 
     def resize(layers):
         gains.start()
         return [keep_within(l, b, steps, coder) for l, b in zip(layers, cut)]
 
     torch.manual_seed(train.seed)
-    model = fit(to_tensor(rgb, device), counts, train, steps, backend, progress, resize=resize, resize_at=resize_at,
+    target = to_tensor(rgb, device)
+    model = fit(target, counts, train, steps, backend, progress, resize=resize, resize_at=resize_at,
                 coder=coder, rate_gain=gains)
-    return trim_to_budgets(model, budgets, steps, coder)
+    model = rounded(trim_to_budgets(model, aims, steps, coder), target, train, steps, coder, budgets)
+    return trim_to_budgets(model, budgets, steps, coder)  # (resolution layers: not rounded)
 
 
 def encode_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> EncodeResult:

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .decoder import output_size
+from .colour_rounding import ColourRounding
 from .colour_solve import ColourSolve, solve_colours
 from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
@@ -148,6 +149,10 @@ class TrainSettings:
     #: least-squares solve would undo what the rate term shaped for the bits).
     #: ``ColourSolve(steps=0)``: off
     colour_solve: ColourSolve = ColourSolve()
+    #: how the encoder turns the fitted colours into the stream's integers
+    #: (``colour_rounding``: jointly, for distortion plus rate; ``ColourRounding(passes=0)``:
+    #: each to its nearest step). Full-size layers only (not resolution layers)
+    colour_rounding: ColourRounding = ColourRounding()
 
     def __post_init__(self) -> None:
         self.coarse_phases = tuple((float(s), float(f)) for s, f in self.coarse_phases)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from gsvc.colour_rounding import ColourRounding
 from gsvc.colour_solve import (
     ColourSolve, _apply_transposed, _Operators, _prefixes, _streamed_prefixes, clamped_objective, clamped_pixels,
     objective_gradient, objective_weights, solve_colours,
@@ -145,7 +146,8 @@ def test_under_a_rate_term_only_the_unpriced_layers_are_solved():
     # and a fit that prices layer 1 of 2 leaves layer 1 as trained
     g = np.random.default_rng(7)
     rgb = np.clip(g.normal(120, 40, (24, 32, 3)), 0, 255).astype(np.uint8)
-    s = EncodeSettings(gaussians=(60, 30), train=train_settings("fast", iterations=80, rate_slope=6.0, rate_layers=1))
+    s = EncodeSettings(gaussians=(60, 30), train=train_settings("fast", iterations=80, rate_slope=6.0, rate_layers=1,
+                                                                colour_rounding=ColourRounding(passes=0)))
     from gsvc.encoder import fit_image
 
     on = fit_image(rgb, s)

@@ -6,6 +6,7 @@ import torch
 
 from bitstream.entropy import peaked_code_lengths
 from gsvc.codec import EncodeSettings, encode_image
+from gsvc.colour_rounding import ColourRounding
 from gsvc.layer_codec import DEFAULT_CODER
 from gsvc.model import GaussianLayer
 from gsvc.quantize import QuantSettings
@@ -98,8 +99,10 @@ def test_size_targets_train_with_the_rate_term_and_still_meet_them(crop):
     from gsvc.rate_control import RateSettings
 
     def encode(slope):
-        settings = EncodeSettings(gaussians=None, targets=(300, 600), device="cpu",
-                                  train=TrainSettings(iterations=150, seed=0), rate=RateSettings(slope=slope))
+        # (the training's rate term alone: the colour rounding at the end prices bits too)
+        train = TrainSettings(iterations=150, seed=0, colour_rounding=ColourRounding(passes=0))
+        settings = EncodeSettings(gaussians=None, targets=(300, 600), device="cpu", train=train,
+                                  rate=RateSettings(slope=slope))
         return encode_image(crop, settings)
 
     plain, priced = encode(0.0), encode(6.0)

@@ -1,0 +1,320 @@
+"""Rate-distortion optimized rounding of the colours: the integers the stream codes.
+
+Rounding each colour to its nearest step treats every Gaussian alone, but Gaussians
+overlap: the picture is their sum, linear in the colours, so the errors of rounding
+neighbours add up where a joint choice would let them cancel. And the nearest step is
+not the cheapest one: coder 2 codes a layer's colours as green, red - green and
+blue - green under peaked models, so a step towards a stream's mode saves bits.
+
+``round_colours`` starts from the nearest steps and runs a few passes of coordinate
+descent on the integers (JPEG's trellis quantization and RDOQ in video coders do the
+same for transform coefficients). For each Gaussian in turn, each of the 26 moves of
+-1, 0 or +1 step in red, green and blue is priced by
+
+    delta f + lambda_l * delta bits
+
+with f the joint objective of the colour solve (``colour_solve``: sum over the
+prefixes 1..k of w_k times the squared error of the clamped picture), evaluated
+exactly on the Gaussian's pixels (clamp included; the 8-bit rounding of the output
+is not modelled), and bits the layer's code length under coder 2's
+peaked models of its colour streams (``peaked_code_lengths``, refitted each pass); the
+best move that lowers the sum is taken and the prefix pictures updated. ``lambda_l``
+is the exchange rate of a codec that gains ``slope`` dB per bit per pixel at the MSE
+of layers 1..l (``rate_term.rate_weight``), the rate term's own.
+
+Without budgets a Gaussian may also go (``prune``): dropping it is one more move,
+priced by the exact change of f (the neighbours' colours then take up what they can
+in the next moves and passes) against all its bits, its colours', its shape's and a
+position's. Only the default counts are pruned; counts a user gave are kept.
+
+With byte budgets per layer (``--bpp`` / ``--bytes``) the lambdas become the control:
+after each pass a layer over its budget has its lambda raised and one under it
+lowered (to half the slope's at most), so the rounding ends near each budget; a layer
+still over its budget after the last pass loses its least important Gaussians
+(``rate_control.keep_within``), as a fit's trim does. The fit aims a few per cent over
+each budget for that (``RateSettings.rounding_margins``).
+
+Encoder only: the decoder reads the integers. Deterministic (one thread, a fixed
+order: each layer in its own order, layer 1 first).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+from bitstream.entropy import peaked_code_lengths
+
+from .colour_solve import objective_weights
+from .layer_codec import _intra_streams, colour_streams, sort_intra
+from .model import GaussianLayer
+from .params import dequantize_array
+from .quantize import quantize_ints
+from .rate_control import keep_within, layer_bytes
+from .rate_term import rate_weight
+from .render.geometry import conics_from_chol
+from .render.kernel_floats import Q32
+from .render.numba_kernels import pixel_boxes
+
+_Q = float(Q32)
+#: code length of a value outside a model's alphabet (bits): a move there is never cheap
+_OUTSIDE = 32.0
+
+
+@dataclass(frozen=True)
+class ColourRounding:
+    """How a fit's colours become integers (``TrainSettings.colour_rounding``)."""
+
+    #: passes of coordinate descent over all Gaussians; 0: the nearest steps
+    passes: int = 4
+    #: RD slope (dB per bit per pixel) that prices a bit: lambda of each layer; 0: the
+    #: distortion alone
+    slope: float = 6.0
+    #: a Gaussian may be dropped where its bits (at lambda) are worth more than the
+    #: distortion it saves
+    prune: bool = True
+    #: a pass that changes fewer than this share of the Gaussians ends the descent
+    #: (without budgets)
+    settled: float = 0.005
+    #: with budgets: after each pass a layer's lambda is multiplied by (bytes / budget)
+    #: ** budget_power, within ``gain_limits`` of the slope's. Not far below it: the
+    #: distortion alone (lambda 0) fills a budget with worse pictures than the slope's
+    #: lambda does with fewer bytes (docs/results.md)
+    budget_power: float = 16.0
+    gain_limits: tuple[float, float] = (0.5, 64.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _code_length(values, los, tables):
+    bits = 0.0
+    for j in range(values.shape[0]):
+        k = values[j] - los[j]
+        bits += tables[j, k] if 0 <= k < tables.shape[1] else _OUTSIDE
+    return bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd):
+    """dd[c, 0 / 1]: the change of the weighted squared error of the prefixes first..L-1
+    if colour c of Gaussian i moves one step up / down; the change if Gaussian i goes
+    (returned)."""
+    dd[:] = 0.0
+    gone = 0.0
+    mx, my = means[i, 0], means[i, 1]
+    ca, cb, cc = conics[i, 0], conics[i, 1], conics[i, 2]
+    for y in range(boxes[i, 2], boxes[i, 3] + 1):
+        dy = y + 0.5 - my
+        for x in range(boxes[i, 0], boxes[i, 1] + 1):
+            dx = x + 0.5 - mx
+            q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+            if q > _Q:
+                continue
+            d = math.exp(-0.5 * q) * step
+            for k in range(first, prefixes.shape[0]):
+                wk = weights[k]
+                for c in range(3):
+                    p = np.float64(prefixes[k, y, x, c])
+                    t = np.float64(target[y, x, c])
+                    e0 = min(max(p, 0.0), 1.0) - t
+                    up = min(max(p + d, 0.0), 1.0) - t
+                    down = min(max(p - d, 0.0), 1.0) - t
+                    without = min(max(p - d * colours[i, c], 0.0), 1.0) - t
+                    e00 = e0 * e0
+                    dd[c, 0] += wk * (up * up - e00)
+                    dd[c, 1] += wk * (down * down - e00)
+                    gone += wk * (without * without - e00)
+    return gone
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_footprint(means, conics, boxes, i, step, move, prefixes, first):
+    mx, my = means[i, 0], means[i, 1]
+    ca, cb, cc = conics[i, 0], conics[i, 1], conics[i, 2]
+    for y in range(boxes[i, 2], boxes[i, 3] + 1):
+        dy = y + 0.5 - my
+        for x in range(boxes[i, 0], boxes[i, 1] + 1):
+            dx = x + 0.5 - mx
+            q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+            if q > _Q:
+                continue
+            d = math.exp(-0.5 * q) * step
+            for k in range(first, prefixes.shape[0]):
+                for c in range(3):
+                    if move[c] != 0:
+                        prefixes[k, y, x, c] += np.float32(d * move[c])
+
+
+@numba.njit(cache=True, nogil=True)
+def _pass(means, conics, boxes, colours, keep, step, prefixes, target, weights, first, lam, transform, los, tables,
+          fixed_bits, prune):
+    """One pass over the Gaussians of layer ``first`` (their prefixes first..L-1);
+    colours [N, 3] int64 and keep [N] updated in place; the number of Gaussians moved
+    or dropped. ``fixed_bits`` [N]: each Gaussian's bits besides its colours (what
+    dropping it saves beyond them); ``prune``: whether a Gaussian may go."""
+    dd = np.zeros((3, 2))
+    move = np.zeros(3, dtype=np.int64)
+    cand = np.zeros(3, dtype=np.int64)
+    streams = np.zeros(transform.shape[0], dtype=np.int64)
+    moved = 0
+    kept = 0
+    for i in range(means.shape[0]):
+        kept += keep[i]
+    for i in range(means.shape[0]):
+        if not keep[i]:
+            continue
+        if boxes[i, 0] > boxes[i, 1]:
+            continue
+        gone = _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd)
+        base = 0.0
+        if lam > 0.0:
+            for j in range(transform.shape[0]):
+                streams[j] = (transform[j, 0] * colours[i, 0] + transform[j, 1] * colours[i, 1]
+                              + transform[j, 2] * colours[i, 2])
+            base = _code_length(streams, los, tables)
+        best = 0.0
+        move[:] = 0
+        for code in range(27):
+            cand[0] = code % 3 - 1
+            cand[1] = (code // 3) % 3 - 1
+            cand[2] = code // 9 - 1
+            value = 0.0
+            for c in range(3):
+                if cand[c] != 0:
+                    value += dd[c, 0] if cand[c] > 0 else dd[c, 1]
+            if lam > 0.0:
+                for j in range(transform.shape[0]):
+                    streams[j] = (transform[j, 0] * (colours[i, 0] + cand[0])
+                                  + transform[j, 1] * (colours[i, 1] + cand[1])
+                                  + transform[j, 2] * (colours[i, 2] + cand[2]))
+                value += lam * (_code_length(streams, los, tables) - base)
+            if value < best:
+                best = value
+                move[:] = cand
+        if prune and lam > 0.0 and kept > 1 and gone - lam * (base + fixed_bits[i]) < best:
+            for c in range(3):
+                move[c] = -colours[i, c]
+            keep[i] = False
+            kept -= 1
+            best = -1.0
+        if best < 0.0:
+            for c in range(3):
+                colours[i, c] += move[c]
+            _add_footprint(means, conics, boxes, i, step, move, prefixes, first)
+            moved += 1
+    return moved
+
+
+class _Layer:
+    """One layer's decoded geometry (float64 for the kernels) and integer colours."""
+
+    def __init__(self, layer: GaussianLayer, steps: tuple[float, ...], height: int, width: int):
+        self.q = quantize_ints(layer, steps)  # [N, 8] int64, as the stream codes them
+        decoded = dequantize_array(self.q, steps)  # [N, 8] float32: the decoder's values
+        self.means32 = np.ascontiguousarray(decoded[:, 0:2])  # [N, 2]
+        self.chol32 = np.ascontiguousarray(decoded[:, 2:5])  # [N, 3]
+        conics = np.ascontiguousarray(conics_from_chol(self.chol32), dtype=np.float32)  # [N, 3]
+        self.boxes = pixel_boxes(self.means32, conics, height, width)  # [N, 4]
+        self.means = self.means32.astype(np.float64)
+        self.conics = conics.astype(np.float64)
+        self.colours = self.q[:, 5:8].copy()  # [N, 3] int64
+        self.keep = np.ones(len(layer), dtype=np.bool_)  # [N]
+        self.source = layer
+
+    def fixed_bits(self, coder: int) -> np.ndarray:  # [N] float64
+        """Each Gaussian's bits besides its colours, as far as dropping it saves them:
+        its a, b, r under their streams' peaked models, and the layer's mean bits of a
+        position (the sorted positions' dy and x streams, over the kept Gaussians)."""
+        bits = np.zeros(len(self.q))
+        kept = self.q[self.keep]
+        if len(kept) < 2:
+            return bits
+        streams = _intra_streams(sort_intra(kept), coder)
+        position = sum(_lengths(x).sum() for x in streams[:2]) / len(kept)
+        for j in range(2, 5):
+            lo, table = peaked_code_lengths(kept[:, j])
+            if table.size > 1:
+                bits += table[np.clip(self.q[:, j] - lo, 0, table.size - 1)]
+        return bits + position
+
+    def draw(self, step: float, height: int, width: int) -> np.ndarray:  # [H, W, 3] float32
+        from .render import render_array
+
+        return render_array(self.means32, self.chol32, (self.colours * step).astype(np.float32), height, width)
+
+    def result(self, step: float) -> GaussianLayer:
+        src = self.source
+        colours = torch.from_numpy((self.colours * step).astype(np.float32)).to(src.colors.device)
+        return GaussianLayer(src.means.detach(), src.chol.detach(), colours).select(self.keep)
+
+
+def _lengths(values: np.ndarray) -> np.ndarray:  # [N] -> [N] bits
+    lo, table = peaked_code_lengths(values)
+    return table[values - lo] if table.size > 1 else np.zeros(len(values))
+
+
+def _models(colours: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(los [S], tables [S, n]): each colour stream's peaked code lengths."""
+    fits = [peaked_code_lengths(transform[j] @ colours.T) for j in range(transform.shape[0])]
+    n = max(bits.size for _, bits in fits)
+    tables = np.full((len(fits), n), _OUTSIDE)
+    for j, (_, bits) in enumerate(fits):
+        tables[j, : bits.size] = bits
+    return np.array([lo for lo, _ in fits], dtype=np.int64), tables
+
+
+def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tuple[float, ...],
+                  intermediate_weight: float, coder: int, settings: ColourRounding = ColourRounding(),
+                  budgets: tuple[int, ...] | None = None) -> list[GaussianLayer]:
+    """``layers`` with colours on their quantizer steps, chosen jointly (module
+    docstring): ``quantize_ints`` of the result is what the stream codes. ``budgets``:
+    each layer's chunk bytes at most (``rate_control.layer_budgets``)."""
+    if settings.passes <= 0 or not layers:
+        return layers
+    h, w = target.shape[:2]
+    step = float(steps[5])
+    assert steps[5] == steps[6] == steps[7], steps
+    tgt = np.ascontiguousarray(target.detach().cpu().float().numpy())  # [H, W, 3]
+    state = [_Layer(l, steps, h, w) for l in layers]
+    weights = np.asarray(objective_weights(len(layers), intermediate_weight), dtype=np.float64)
+    # each coded colour stream as a combination of red, green, blue (layer_codec's own
+    # transform of the identity)
+    transform = np.ascontiguousarray(np.stack(colour_streams(np.eye(8, dtype=np.int64), coder))[:, 5:8])  # [S, 3]
+    prefixes = np.empty((len(layers), h, w, 3), dtype=np.float32)  # [L, H, W, 3]
+    for l, s in enumerate(state):
+        prefixes[l] = s.draw(step, h, w)
+        if l:
+            prefixes[l] += prefixes[l - 1]
+    gains = [1.0] * len(layers)
+    over = False
+    for done in range(settings.passes + (settings.passes if budgets is not None else 0)):
+        if done >= settings.passes and not over:
+            break
+        moved = 0
+        for l, s in enumerate(state):
+            lam = 0.0
+            if settings.slope > 0.0:
+                mse = float(np.mean(np.square(np.clip(prefixes[l], 0.0, 1.0) - tgt)))
+                lam = gains[l] * rate_weight(mse, h * w, settings.slope) * 3 * h * w
+            los, tables = _models(s.colours[s.keep], transform)
+            # not with budgets: the fit chose how many Gaussians a budget buys, and a
+            # layer that drops some falls short of it (Kodak's last layers: 86-88 %)
+            prune = settings.prune and lam > 0.0 and budgets is None
+            fixed = s.fixed_bits(coder) if prune else np.zeros(len(s.q))
+            moved += _pass(s.means, s.conics, s.boxes, s.colours, s.keep, step, prefixes, tgt, weights, l, lam,
+                           transform, los, tables, fixed, prune)
+        if budgets is not None:
+            over = False
+            for l, (s, budget) in enumerate(zip(state, budgets)):
+                ratio = layer_bytes(s.result(step), steps, coder) / budget
+                over |= ratio > 1.0
+                gains[l] = min(max(gains[l] * ratio ** settings.budget_power, settings.gain_limits[0]),
+                               settings.gain_limits[1])
+        elif moved < settings.settled * sum(len(l) for l in layers):
+            break
+    out = [s.result(step) for s in state]
+    if budgets is not None:
+        out = [l.select(keep_within(l, b, steps, coder)) for l, b in zip(out, budgets)]
+    return out

@@ -1,0 +1,174 @@
+"""The joint rounding of the colours (gsvc/colour_rounding.py): its move prices against
+a plain re-evaluation of the objective, that it never loses to the nearest steps on
+what it optimizes, that its output is what the stream codes, budgets, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitstream.entropy import peaked_code_lengths
+from gsvc.colour_rounding import ColourRounding, _footprint_deltas, _Layer, _models, round_colours
+from gsvc.colour_solve import objective_weights
+from gsvc.layer_codec import DEFAULT_CODER, colour_streams
+from gsvc.quantize import quantize_ints
+from gsvc.rate_control import layer_bytes
+from gsvc.render import render_array
+from test_colour_solve import STEPS, _layers, _target
+
+STEP = STEPS[5]
+
+
+def _objective(state: list[_Layer], target: np.ndarray, weights: np.ndarray) -> float:
+    """sum_k w_k * sum((clamp(P_k) - T)^2) with the decoder's own draw (float64 sums)."""
+    h, w = target.shape[:2]
+    total, acc = 0.0, np.zeros((h, w, 3))
+    for s, wk in zip(state, weights):
+        acc = acc + render_array(s.means32, s.chol32, (s.colours * STEP).astype(np.float32), h, w)
+        total += wk * float(np.sum(np.square(np.clip(acc, 0.0, 1.0) - target)))
+    return total
+
+
+def _bits(state: list[_Layer], coder: int = DEFAULT_CODER) -> float:
+    """Each layer's colour streams under their own peaked models (the rate priced)."""
+    total = 0.0
+    for s in state:
+        q = np.zeros((len(s.colours), 8), dtype=np.int64)
+        q[:, 5:8] = s.colours
+        for stream in colour_streams(q, coder):
+            lo, bits = peaked_code_lengths(stream)
+            total += float(bits[stream - lo].sum()) if bits.size > 1 else 0.0
+    return total
+
+
+def _state(seed: int):
+    layers, target = _layers(seed), _target(seed + 1)
+    h, w = target.shape[:2]
+    return layers, target, [_Layer(l, STEPS, h, w) for l in layers]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_move_prices_are_the_objective_re_evaluated(seed):
+    """_footprint_deltas (float64 exp, one Gaussian's pixels) against the whole objective
+    evaluated again with the decoder's draw after the move (clamped pixels included)."""
+    layers, target, state = _state(seed)
+    tgt = target.numpy().astype(np.float64)
+    weights = np.asarray(objective_weights(len(layers), 1.0))
+    h, w = tgt.shape[:2]
+    prefixes = np.empty((len(state), h, w, 3), dtype=np.float32)
+    acc = np.zeros((h, w, 3), dtype=np.float32)
+    for l, s in enumerate(state):
+        acc = acc + render_array(s.means32, s.chol32, (s.colours * STEP).astype(np.float32), h, w)
+        prefixes[l] = acc
+    assert np.any(prefixes > 1.0) or np.any(prefixes < 0.0)  # the clamp is exercised
+    base = _objective(state, tgt, weights)
+    dd = np.zeros((3, 2))
+    checked = 0
+    for l, s in enumerate(state):
+        for i in range(0, len(s.colours), 7):
+            gone = _footprint_deltas(s.means, s.conics, s.boxes, i, STEP, s.colours.astype(np.float64), prefixes,
+                                     tgt.astype(np.float32), weights, l, dd)
+            kept = s.colours[i].copy()
+            s.colours[i] = 0  # draws nothing: the same picture as without Gaussian i
+            expected = _objective(state, tgt, weights) - base
+            s.colours[i] = kept
+            assert gone == pytest.approx(expected, rel=2e-3, abs=1e-6), (l, i)
+            for c in range(3):
+                for j, move in enumerate((1, -1)):
+                    s.colours[i, c] += move
+                    expected = _objective(state, tgt, weights) - base
+                    s.colours[i, c] -= move
+                    assert dd[c, j] == pytest.approx(expected, rel=2e-3, abs=1e-6), (l, i, c, move)
+                    checked += 1
+    assert checked > 50
+
+
+def test_lowers_the_objective_and_the_bits_as_priced():
+    """From the nearest steps: the distortion alone (slope 0) falls by more than
+    rounding noise; at the default slope both fall; a higher slope buys fewer bits for
+    more distortion."""
+    layers, target, state = _state(3)
+    tgt = target.numpy().astype(np.float64)
+    weights = np.asarray(objective_weights(len(layers), 1.0))
+    h, w = tgt.shape[:2]
+    f, bits = {}, {}
+    for slope in (None, 0.0, 6.0, 40.0):
+        out = layers if slope is None else round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER,
+                                                         ColourRounding(passes=3, slope=slope, prune=False))
+        after = [_Layer(l, STEPS, h, w) for l in out]
+        f[slope], bits[slope] = _objective(after, tgt, weights), _bits(after)
+    assert f[0.0] < 0.97 * f[None]
+    assert f[6.0] < f[None] and bits[6.0] < bits[None]
+    assert bits[40.0] < bits[6.0] and f[40.0] > f[6.0] > f[0.0]
+
+
+def test_output_is_what_the_stream_codes_and_geometry_is_untouched():
+    layers, target, _ = _state(5)
+    out = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(prune=False))
+    for a, b in zip(layers, out):
+        assert torch.equal(a.means, b.means) and torch.equal(a.chol, b.chol)
+        ints = quantize_ints(b, STEPS)[:, 5:8]
+        assert torch.equal(torch.from_numpy((ints * STEP).astype(np.float32)), b.colors)
+        # each colour within a few steps of its nearest one (one step per pass at most)
+        near = quantize_ints(a, STEPS)[:, 5:8]
+        assert np.abs(ints - near).max() <= ColourRounding().passes
+    again = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(prune=False))
+    assert all(torch.equal(a.colors, b.colors) for a, b in zip(out, again))  # deterministic
+
+
+def test_pruning_drops_gaussians_that_do_not_pay_and_keeps_the_rest_as_they_were():
+    """At a slope where bits are dear, some Gaussians go: the rest are the same
+    Gaussians (geometry bit for bit, in order), every layer keeps one at least, and the
+    picture loses less than their bits were worth."""
+    layers, target, state = _state(8)
+    tgt = target.numpy().astype(np.float64)
+    weights = np.asarray(objective_weights(len(layers), 1.0))
+    h, w = tgt.shape[:2]
+    settings = ColourRounding(slope=60.0)
+    out = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, settings)
+    kept = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(slope=60.0, prune=False))
+    assert sum(len(l) for l in out) < sum(len(l) for l in layers)
+    for src, got in zip(layers, out):
+        assert len(got) >= 1
+        rows = [int(np.flatnonzero((src.means == m).all(1))[0]) for m in got.means]
+        assert rows == sorted(rows) and len(set(rows)) == len(rows)  # a subset, in order
+        assert torch.equal(src.chol[rows], got.chol)
+    bytes_pruned = sum(layer_bytes(l, STEPS, DEFAULT_CODER) for l in out)
+    bytes_kept = sum(layer_bytes(l, STEPS, DEFAULT_CODER) for l in kept)
+    assert bytes_pruned < bytes_kept
+    again = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, settings)
+    assert all(torch.equal(a.means, b.means) and torch.equal(a.colors, b.colors) for a, b in zip(out, again))
+    one = round_colours([l.select(slice(0, 1)) for l in layers], target, STEPS, 1.0, DEFAULT_CODER,
+                        ColourRounding(slope=1e6))
+    assert [len(l) for l in one] == [1, 1, 1]
+
+
+def test_no_passes_is_the_nearest_step():
+    layers, target, _ = _state(6)
+    out = round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(passes=0))
+    assert all(np.array_equal(quantize_ints(a, STEPS), quantize_ints(b, STEPS)) for a, b in zip(layers, out))
+
+
+@pytest.mark.parametrize("coder", [1, 2])
+def test_budgets_hold_for_each_layer(coder):
+    """Budgets under what the rounding would spend: lambda rises (and a layer still over
+    loses Gaussians), so every layer ends within its budget."""
+    layers, target, _ = _state(7)
+    free = round_colours(layers, target, STEPS, 1.0, coder, ColourRounding(slope=0.0))
+    budgets = tuple(int(0.9 * layer_bytes(l, STEPS, coder)) for l in free)
+    out = round_colours(layers, target, STEPS, 1.0, coder, budgets=budgets)
+    assert all(layer_bytes(l, STEPS, coder) <= b for l, b in zip(out, budgets))
+    assert sum(len(l) for l in out) >= 0.8 * sum(len(l) for l in layers)
+
+
+def test_models_price_the_coders_colour_streams():
+    """_models' tables are peaked_code_lengths of layer_codec's colour streams."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(-20, 40, size=(200, 3))
+    transform = np.stack(colour_streams(np.eye(8, dtype=np.int64), DEFAULT_CODER))[:, 5:8]
+    los, tables = _models(colours, transform)
+    q = np.zeros((200, 8), dtype=np.int64)
+    q[:, 5:8] = colours
+    for j, stream in enumerate(colour_streams(q, DEFAULT_CODER)):
+        lo, bits = peaked_code_lengths(stream)
+        assert los[j] == lo and np.array_equal(tables[j, : bits.size], bits)
