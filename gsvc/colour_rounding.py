@@ -88,11 +88,16 @@ class ColourRounding:
 
 
 @numba.njit(cache=True, nogil=True)
-def _code_length(values, los, tables):
+def _code_length(transform, colours, offsets, group, los, tables):
+    """Bits of one Gaussian's colour streams (``transform`` @ (colours - offsets)) under
+    its group's models."""
     bits = 0.0
-    for j in range(values.shape[0]):
-        k = values[j] - los[j]
-        bits += tables[j, k] if 0 <= k < tables.shape[1] else _OUTSIDE
+    for j in range(transform.shape[0]):
+        v = 0
+        for c in range(3):
+            v += transform[j, c] * (colours[c] - offsets[c])
+        k = v - los[group, j]
+        bits += tables[group, j, k] if 0 <= k < tables.shape[2] else _OUTSIDE
     return bits
 
 
@@ -148,51 +153,43 @@ def _add_footprint(means, conics, boxes, i, step, move, prefixes, first):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pass(means, conics, boxes, colours, keep, step, prefixes, target, weights, first, lam, transform, los, tables,
-          fixed_bits, prune):
+def _pass(means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target, weights, first, lam,
+          transform, los, tables, fixed_bits, prune):
     """One pass over the Gaussians of layer ``first`` (their prefixes first..L-1);
     colours [N, 3] int64 and keep [N] updated in place; the number of Gaussians moved
-    or dropped. ``fixed_bits`` [N]: each Gaussian's bits besides its colours (what
-    dropping it saves beyond them); ``prune``: whether a Gaussian may go."""
+    or dropped. Gaussian i's colours are coded as ``transform`` @ (colours - offsets[i])
+    under the models of its group (``_models``). ``fixed_bits`` [N]: each Gaussian's
+    bits besides its colours (what dropping it saves beyond them); ``prune``: whether a
+    Gaussian may go."""
     dd = np.zeros((3, 2))
     move = np.zeros(3, dtype=np.int64)
-    cand = np.zeros(3, dtype=np.int64)
-    streams = np.zeros(transform.shape[0], dtype=np.int64)
+    trial = np.zeros(3, dtype=np.int64)
     moved = 0
     kept = 0
     for i in range(means.shape[0]):
         kept += keep[i]
     for i in range(means.shape[0]):
-        if not keep[i]:
-            continue
-        if boxes[i, 0] > boxes[i, 1]:
+        if not keep[i] or boxes[i, 0] > boxes[i, 1]:
             continue
         gone = _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd)
         base = 0.0
         if lam > 0.0:
-            for j in range(transform.shape[0]):
-                streams[j] = (transform[j, 0] * colours[i, 0] + transform[j, 1] * colours[i, 1]
-                              + transform[j, 2] * colours[i, 2])
-            base = _code_length(streams, los, tables)
+            base = _code_length(transform, colours[i], offsets[i], groups[i], los, tables)
         best = 0.0
         move[:] = 0
         for code in range(27):
-            cand[0] = code % 3 - 1
-            cand[1] = (code // 3) % 3 - 1
-            cand[2] = code // 9 - 1
             value = 0.0
             for c in range(3):
-                if cand[c] != 0:
-                    value += dd[c, 0] if cand[c] > 0 else dd[c, 1]
+                m = (code // (1, 3, 9)[c]) % 3 - 1
+                trial[c] = colours[i, c] + m
+                if m != 0:
+                    value += dd[c, 0] if m > 0 else dd[c, 1]
             if lam > 0.0:
-                for j in range(transform.shape[0]):
-                    streams[j] = (transform[j, 0] * (colours[i, 0] + cand[0])
-                                  + transform[j, 1] * (colours[i, 1] + cand[1])
-                                  + transform[j, 2] * (colours[i, 2] + cand[2]))
-                value += lam * (_code_length(streams, los, tables) - base)
+                value += lam * (_code_length(transform, trial, offsets[i], groups[i], los, tables) - base)
             if value < best:
                 best = value
-                move[:] = cand
+                for c in range(3):
+                    move[c] = trial[c] - colours[i, c]
         if prune and lam > 0.0 and kept > 1 and gone - lam * (base + fixed_bits[i]) < best:
             for c in range(3):
                 move[c] = -colours[i, c]
@@ -208,10 +205,15 @@ def _pass(means, conics, boxes, colours, keep, step, prefixes, target, weights, 
 
 
 class _Layer:
-    """One layer's decoded geometry (float64 for the kernels) and integer colours."""
+    """One layer's decoded geometry (float64 for the kernels) and integer colours.
 
-    def __init__(self, layer: GaussianLayer, steps: tuple[float, ...], height: int, width: int):
-        self.q = quantize_ints(layer, steps)  # [N, 8] int64, as the stream codes them
+    ``base`` [K, 3]: the first K Gaussians are predicted (a P-frame's kept ones), their
+    colours coded as differences to these reference colours (group 0) and the rest
+    afresh (group 1); None: all afresh (group 0)."""
+
+    def __init__(self, q: np.ndarray, steps: tuple[float, ...], height: int, width: int,
+                 base: np.ndarray | None = None):
+        self.q = np.asarray(q, dtype=np.int64)  # [N, 8], as the stream codes them
         decoded = dequantize_array(self.q, steps)  # [N, 8] float32: the decoder's values
         self.means32 = np.ascontiguousarray(decoded[:, 0:2])  # [N, 2]
         self.chol32 = np.ascontiguousarray(decoded[:, 2:5])  # [N, 3]
@@ -220,13 +222,18 @@ class _Layer:
         self.means = self.means32.astype(np.float64)
         self.conics = conics.astype(np.float64)
         self.colours = self.q[:, 5:8].copy()  # [N, 3] int64
-        self.keep = np.ones(len(layer), dtype=np.bool_)  # [N]
-        self.source = layer
+        self.offsets = np.zeros_like(self.colours)  # [N, 3]
+        self.groups = np.zeros(len(self.q), dtype=np.int64)  # [N]
+        if base is not None:
+            self.offsets[: len(base)] = base
+            self.groups[len(base):] = 1
+        self.keep = np.ones(len(self.q), dtype=np.bool_)  # [N]
 
     def fixed_bits(self, coder: int) -> np.ndarray:  # [N] float64
         """Each Gaussian's bits besides its colours, as far as dropping it saves them:
         its a, b, r under their streams' peaked models, and the layer's mean bits of a
-        position (the sorted positions' dy and x streams, over the kept Gaussians)."""
+        position (the sorted positions' dy and x streams, over the kept Gaussians).
+        Intra layers only."""
         bits = np.zeros(len(self.q))
         kept = self.q[self.keep]
         if len(kept) < 2:
@@ -244,10 +251,28 @@ class _Layer:
 
         return render_array(self.means32, self.chol32, (self.colours * step).astype(np.float32), height, width)
 
-    def result(self, step: float) -> GaussianLayer:
-        src = self.source
-        colours = torch.from_numpy((self.colours * step).astype(np.float32)).to(src.colors.device)
-        return GaussianLayer(src.means.detach(), src.chol.detach(), colours).select(self.keep)
+    def ints(self) -> np.ndarray:  # [N', 8] int64: the kept Gaussians with their colours
+        q = self.q.copy()
+        q[:, 5:8] = self.colours
+        return q[self.keep]
+
+    def models(self, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(los [G, S], tables [G, S, n]): each group's colour streams' peaked code
+        lengths, fitted to the kept Gaussians (a group without any: one free value)."""
+        fits = []
+        for g in range(int(self.groups.max(initial=0)) + 1):
+            mine = self.keep & (self.groups == g)
+            values = (self.colours[mine] - self.offsets[mine]) @ transform.T  # [n_g, S]
+            fits.append([peaked_code_lengths(values[:, j]) if len(values) else (0, np.zeros(1))
+                         for j in range(transform.shape[0])])
+        n = max(bits.size for group in fits for _, bits in group)
+        tables = np.full((len(fits), transform.shape[0], n), _OUTSIDE)
+        los = np.zeros((len(fits), transform.shape[0]), dtype=np.int64)
+        for g, group in enumerate(fits):
+            for j, (lo, bits) in enumerate(group):
+                tables[g, j, : bits.size] = bits
+                los[g, j] = lo
+        return los, tables
 
 
 def _lengths(values: np.ndarray) -> np.ndarray:  # [N] -> [N] bits
@@ -255,39 +280,27 @@ def _lengths(values: np.ndarray) -> np.ndarray:  # [N] -> [N] bits
     return table[values - lo] if table.size > 1 else np.zeros(len(values))
 
 
-def _models(colours: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(los [S], tables [S, n]): each colour stream's peaked code lengths."""
-    fits = [peaked_code_lengths(transform[j] @ colours.T) for j in range(transform.shape[0])]
-    n = max(bits.size for _, bits in fits)
-    tables = np.full((len(fits), n), _OUTSIDE)
-    for j, (_, bits) in enumerate(fits):
-        tables[j, : bits.size] = bits
-    return np.array([lo for lo, _ in fits], dtype=np.int64), tables
+def _colour_transform(coder: int) -> np.ndarray:  # [S, 3] int64
+    """Each coded colour stream as a combination of red, green, blue (layer_codec's own
+    transform of the identity)."""
+    return np.ascontiguousarray(np.stack(colour_streams(np.eye(8, dtype=np.int64), coder))[:, 5:8])
 
 
-def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tuple[float, ...],
-                  intermediate_weight: float, coder: int, settings: ColourRounding = ColourRounding(),
-                  budgets: tuple[int, ...] | None = None) -> list[GaussianLayer]:
-    """``layers`` with colours on their quantizer steps, chosen jointly (module
-    docstring): ``quantize_ints`` of the result is what the stream codes. ``budgets``:
-    each layer's chunk bytes at most (``rate_control.layer_budgets``)."""
-    if settings.passes <= 0 or not layers:
-        return layers
+def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...], intermediate_weight: float,
+             coder: int, settings: ColourRounding, budgets: tuple[int, ...] | None, prune: bool) -> None:
+    """The passes of the module docstring over ``state`` (updated in place)."""
     h, w = target.shape[:2]
     step = float(steps[5])
     assert steps[5] == steps[6] == steps[7], steps
     tgt = np.ascontiguousarray(target.detach().cpu().float().numpy())  # [H, W, 3]
-    state = [_Layer(l, steps, h, w) for l in layers]
-    weights = np.asarray(objective_weights(len(layers), intermediate_weight), dtype=np.float64)
-    # each coded colour stream as a combination of red, green, blue (layer_codec's own
-    # transform of the identity)
-    transform = np.ascontiguousarray(np.stack(colour_streams(np.eye(8, dtype=np.int64), coder))[:, 5:8])  # [S, 3]
-    prefixes = np.empty((len(layers), h, w, 3), dtype=np.float32)  # [L, H, W, 3]
+    weights = np.asarray(objective_weights(len(state), intermediate_weight), dtype=np.float64)
+    transform = _colour_transform(coder)
+    prefixes = np.empty((len(state), h, w, 3), dtype=np.float32)  # [L, H, W, 3]
     for l, s in enumerate(state):
         prefixes[l] = s.draw(step, h, w)
         if l:
             prefixes[l] += prefixes[l - 1]
-    gains = [1.0] * len(layers)
+    gains = [1.0] * len(state)
     over = False
     for done in range(settings.passes + (settings.passes if budgets is not None else 0)):
         if done >= settings.passes and not over:
@@ -298,23 +311,59 @@ def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tupl
             if settings.slope > 0.0:
                 mse = float(np.mean(np.square(np.clip(prefixes[l], 0.0, 1.0) - tgt)))
                 lam = gains[l] * rate_weight(mse, h * w, settings.slope) * 3 * h * w
-            los, tables = _models(s.colours[s.keep], transform)
+            los, tables = s.models(transform)
             # not with budgets: the fit chose how many Gaussians a budget buys, and a
             # layer that drops some falls short of it (Kodak's last layers: 86-88 %)
-            prune = settings.prune and lam > 0.0 and budgets is None
-            fixed = s.fixed_bits(coder) if prune else np.zeros(len(s.q))
-            moved += _pass(s.means, s.conics, s.boxes, s.colours, s.keep, step, prefixes, tgt, weights, l, lam,
-                           transform, los, tables, fixed, prune)
+            pruning = prune and lam > 0.0 and budgets is None
+            fixed = s.fixed_bits(coder) if pruning else np.zeros(len(s.q))
+            moved += _pass(s.means, s.conics, s.boxes, s.colours, s.offsets, s.groups, s.keep, step, prefixes, tgt,
+                           weights, l, lam, transform, los, tables, fixed, pruning)
         if budgets is not None:
             over = False
             for l, (s, budget) in enumerate(zip(state, budgets)):
-                ratio = layer_bytes(s.result(step), steps, coder) / budget
+                ratio = layer_bytes(_as_layer(s.ints(), steps), steps, coder) / budget
                 over |= ratio > 1.0
                 gains[l] = min(max(gains[l] * ratio ** settings.budget_power, settings.gain_limits[0]),
                                settings.gain_limits[1])
-        elif moved < settings.settled * sum(len(l) for l in layers):
+        elif moved < settings.settled * sum(len(s.q) for s in state):
             break
-    out = [s.result(step) for s in state]
+
+
+def _as_layer(q: np.ndarray, steps: tuple[float, ...]) -> GaussianLayer:
+    return GaussianLayer(*torch.from_numpy(dequantize_array(q, steps)).split(list(GaussianLayer.WIDTHS), dim=1))
+
+
+def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tuple[float, ...],
+                  intermediate_weight: float, coder: int, settings: ColourRounding = ColourRounding(),
+                  budgets: tuple[int, ...] | None = None) -> list[GaussianLayer]:
+    """``layers`` with colours on their quantizer steps, chosen jointly (module
+    docstring), and without the Gaussians pruned: ``quantize_ints`` of the result is
+    what the stream codes; positions and shapes as they were. ``budgets``: each
+    layer's chunk bytes at most (``rate_control.layer_budgets``)."""
+    if settings.passes <= 0 or not layers:
+        return layers
+    h, w = target.shape[:2]
+    state = [_Layer(quantize_ints(l, steps), steps, h, w) for l in layers]
+    _descend(state, target, steps, intermediate_weight, coder, settings, budgets, settings.prune)
+    out = []
+    for layer, s in zip(layers, state):
+        colours = torch.from_numpy((s.colours * steps[5]).astype(np.float32)).to(layer.colors.device)
+        out.append(GaussianLayer(layer.means.detach(), layer.chol.detach(), colours).select(s.keep))
     if budgets is not None:
         out = [l.select(keep_within(l, b, steps, coder)) for l, b in zip(out, budgets)]
     return out
+
+
+def round_predicted(layers: list[np.ndarray], bases: list[np.ndarray], target: torch.Tensor,
+                    steps: tuple[float, ...], intermediate_weight: float, coder: int,
+                    settings: ColourRounding = ColourRounding()) -> list[np.ndarray]:
+    """A P-frame's layers ([N_l, 8] integers, the kept Gaussians first) with their
+    colours chosen jointly, the kept ones' priced as differences to ``bases``
+    ([K_l, 3] the reference's colours of the kept Gaussians), the new ones' afresh.
+    Nothing is pruned (a kept Gaussian's keep flag is part of the prediction)."""
+    if settings.passes <= 0 or not layers:
+        return layers
+    h, w = target.shape[:2]
+    state = [_Layer(q, steps, h, w, base) for q, base in zip(layers, bases)]
+    _descend(state, target, steps, intermediate_weight, coder, settings, None, False)
+    return [s.ints() for s in state]

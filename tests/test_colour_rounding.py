@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bitstream.entropy import peaked_code_lengths
-from gsvc.colour_rounding import ColourRounding, _footprint_deltas, _Layer, _models, round_colours
+from gsvc.colour_rounding import (
+    ColourRounding, _colour_transform, _footprint_deltas, _Layer, round_colours, round_predicted,
+)
 from gsvc.colour_solve import objective_weights
 from gsvc.layer_codec import DEFAULT_CODER, colour_streams
 from gsvc.quantize import quantize_ints
@@ -44,7 +46,7 @@ def _bits(state: list[_Layer], coder: int = DEFAULT_CODER) -> float:
 def _state(seed: int):
     layers, target = _layers(seed), _target(seed + 1)
     h, w = target.shape[:2]
-    return layers, target, [_Layer(l, STEPS, h, w) for l in layers]
+    return layers, target, [_Layer(quantize_ints(l, STEPS), STEPS, h, w) for l in layers]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -95,7 +97,7 @@ def test_lowers_the_objective_and_the_bits_as_priced():
     for slope in (None, 0.0, 6.0, 40.0):
         out = layers if slope is None else round_colours(layers, target, STEPS, 1.0, DEFAULT_CODER,
                                                          ColourRounding(passes=3, slope=slope, prune=False))
-        after = [_Layer(l, STEPS, h, w) for l in out]
+        after = [_Layer(quantize_ints(l, STEPS), STEPS, h, w) for l in out]
         f[slope], bits[slope] = _objective(after, tgt, weights), _bits(after)
     assert f[0.0] < 0.97 * f[None]
     assert f[6.0] < f[None] and bits[6.0] < bits[None]
@@ -162,13 +164,50 @@ def test_budgets_hold_for_each_layer(coder):
 
 
 def test_models_price_the_coders_colour_streams():
-    """_models' tables are peaked_code_lengths of layer_codec's colour streams."""
+    """The tables are peaked_code_lengths of layer_codec's colour streams: of the colours
+    themselves (an intra layer), of their differences to the reference's (a P-frame's
+    kept Gaussians, group 0) and of the new Gaussians' colours (group 1)."""
     rng = np.random.default_rng(0)
-    colours = rng.integers(-20, 40, size=(200, 3))
-    transform = np.stack(colour_streams(np.eye(8, dtype=np.int64), DEFAULT_CODER))[:, 5:8]
-    los, tables = _models(colours, transform)
     q = np.zeros((200, 8), dtype=np.int64)
-    q[:, 5:8] = colours
-    for j, stream in enumerate(colour_streams(q, DEFAULT_CODER)):
-        lo, bits = peaked_code_lengths(stream)
-        assert los[j] == lo and np.array_equal(tables[j, : bits.size], bits)
+    q[:, 2:4] = -8
+    q[:, 5:8] = rng.integers(-20, 40, size=(200, 3))
+    base = q[:150, 5:8] + rng.integers(-2, 3, size=(150, 3))
+    transform = _colour_transform(DEFAULT_CODER)
+    for layer, parts in ((_Layer(q, STEPS, 16, 16), [q]),
+                         (_Layer(q, STEPS, 16, 16, base), [q[:150] - np.pad(base, ((0, 0), (5, 0))), q[150:]])):
+        los, tables = layer.models(transform)
+        assert los.shape[0] == tables.shape[0] == len(parts)
+        for g, part in enumerate(parts):
+            for j, stream in enumerate(colour_streams(part, DEFAULT_CODER)):
+                lo, bits = peaked_code_lengths(stream)
+                assert los[g, j] == lo and np.array_equal(tables[g, j, : bits.size], bits)
+
+
+def test_predicted_layers_price_differences_to_the_reference():
+    """A P-frame's kept Gaussians: their colours' differences to the reference are what
+    the rate prices, so where bits are dear the colours move towards the reference's,
+    and the distortion alone moves them towards the picture; geometry, counts and order
+    stay."""
+    layers, target, _ = _state(9)
+    h, w = target.shape[:2]
+    q_layers = [quantize_ints(l, STEPS) for l in layers]
+    rng = np.random.default_rng(1)
+    # the reference: the same colours, a few steps off; the last 5 of each layer are new
+    bases = [q[:-5, 5:8] + rng.integers(-3, 4, size=(len(q) - 5, 3)) for q in q_layers]
+    weights = np.asarray(objective_weights(len(layers), 1.0))
+    tgt = target.numpy().astype(np.float64)
+
+    def off_reference(qs):
+        return sum(int(np.abs(q[: len(b), 5:8] - b).sum()) for q, b in zip(qs, bases))
+
+    def objective(qs):
+        return _objective([_Layer(q, STEPS, h, w) for q in qs], tgt, weights)
+
+    dear = round_predicted(q_layers, bases, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(slope=1e5))
+    free = round_predicted(q_layers, bases, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(slope=0.0))
+    for out in (dear, free):
+        for q, got in zip(q_layers, out):
+            assert got.shape == q.shape and np.array_equal(got[:, :5], q[:, :5])
+    assert off_reference(dear) < 0.75 * off_reference(q_layers)
+    assert objective(free) < 0.97 * objective(q_layers)
+    assert round_predicted(q_layers, bases, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(passes=0)) is q_layers
