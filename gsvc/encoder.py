@@ -146,7 +146,9 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     if train.colour_rounding.passes > 0 and train.resolution_scales is None:
         n_priced = (len(budgets) if train.rate_layers is None else train.rate_layers) if train.rate_slope > 0 else 0
         aims = tuple(int(b * rate.rounding_margins[0 if l < n_priced else 1]) for l, b in enumerate(budgets))
-    counts = initial_counts(aims, rate, w * h)
+    # the first counts from the budgets themselves (from the aims, kodim03 came out 0.14-0.16 dB
+    # lower at every layer: a different start)
+    counts = initial_counts(budgets, rate, w * h)
     cut = tuple(int(b * rate.resize_margin) for b in aims)
     gains = BudgetGains(aims, steps, coder, rate)
 
