@@ -58,7 +58,7 @@ def worker(spec: dict) -> dict:
 
         set_threads(spec["threads"])  # before torch and numba load
     from gsvc.decoder import decode_image
-    from gsvc.encoder import EncodeSettings, default_counts, encode_image
+    from gsvc.encoder import EncodeSettings, encode_image
     from gsvc.media import read_image
     from gsvc.metrics import psnr
     from gsvc.presets import train_settings
@@ -67,17 +67,16 @@ def worker(spec: dict) -> dict:
     if spec.get("size"):
         rgb = upscaled(rgb, *spec["size"])
     h, w = rgb.shape[:2]
-    settings = EncodeSettings(gaussians=default_counts(w, h), device="cpu",
-                              train=train_settings(spec["preset"], spec.get("iterations")))  # as `gsvc encode`
+    settings = EncodeSettings(device="cpu", train=train_settings(spec["preset"], spec.get("iterations")))  # as `gsvc encode`
     steps = []  # iterations actually run (early stopping skips some)
     start = time.perf_counter()
     result = encode_image(rgb, settings, progress=lambda done, total, value: steps.append(done))
     seconds = time.perf_counter() - start
-    layers = len(settings.gaussians)
+    layers = len(result.model.counts)
     psnrs = [psnr(decode_image(result.data, layers=k), rgb) for k in range(1, layers + 1)]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"picture": spec["name"], "preset": spec["preset"], "width": w, "height": h,
-            "gaussians": list(settings.gaussians), "iterations": settings.train.iterations,
+            "gaussians": list(settings.counts_for(w, h)), "kept": list(result.model.counts), "iterations": settings.train.iterations,
             "iterations_run": len(steps),
             "seconds": seconds, "psnr": psnrs, "bytes": len(result.data), "peak_rss": rss,
             "threads": spec.get("threads")}

@@ -334,7 +334,7 @@ class _EncodeOptions:
 
     def settings_for(self, w: int, h: int):
         """The encoder settings for a picture (or video frames) of w x h."""
-        from .encoder import EncodeSettings, default_counts
+        from .encoder import EncodeSettings
         from .presets import train_settings
         from .train import RESOLUTION_LAYERS
 
@@ -345,9 +345,10 @@ class _EncodeOptions:
             gaussians = None
         else:
             targets = None
-            gaussians = self.gaussians or default_counts(w, h, self.layers or 3)
+            gaussians = self.gaussians  # None: the default counts, a ceiling
         return EncodeSettings(
             gaussians=gaussians,
+            layers=self.layers or 3,
             targets=targets,
             train=train_settings(self.preset, self.iterations, mode=self.training, seed=self.seed,
                                  resolution_scales=RESOLUTION_LAYERS if self.resolution_layers else None),
@@ -365,7 +366,7 @@ class _EncodeOptions:
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output .gsv (default: INPUT with .gsv; - writes to stdout); several inputs or a "
                    "directory: a directory (created if missing), one NAME.gsv per picture.")
-@click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated (default scales 5000,2000,2000 at 768x512).")
+@click.option("--gaussians", callback=_parse_counts, help="Gaussians per layer, comma-separated, kept as given (default: 5000,2000,2000 at 768x512, scaled with the area, at most: Gaussians not worth their bits are dropped).")
 @click.option("--bpp", callback=_parse_targets, metavar="B1,B2,...",
               help="Pictures: size targets in bits per pixel after each layer, cumulative (e.g. 0.25,0.5,1.0); "
                    "the encoder picks the Gaussian counts, and each layer's size lands within 5% below its target.")
@@ -449,7 +450,7 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
     rgb = read_image(input, notice=_note, size=opts.size)
     h, w = rgb.shape[:2]
     settings = opts.settings_for(w, h)
-    counts = settings.gaussians
+    counts = None if settings.targets else settings.counts_for(w, h)
     start = time.perf_counter()
     total = settings.train.iterations
     if opts.quiet:
@@ -577,7 +578,7 @@ def _encode_video(video, output, opts: _EncodeOptions, table_to_stderr) -> None:
         if opts.quiet:
             summary = encode_video(frames, out, w, h, video.fps, settings, structure, schedule=schedule)
         else:
-            counts = settings.gaussians
+            counts = settings.counts_for(w, h)
             units = -(-max(1, estimate) // structure.gop)
             click.echo(f"{video.path}: {w}x{h} video, {float(video.fps):.3f} fps, {len(counts)} layers of "
                        f"{','.join(map(str, counts))} Gaussians per frame, GOP {structure.gop}", err=True)

@@ -52,8 +52,12 @@ def default_counts(width: int, height: int, layers: int = 3) -> tuple[int, ...]:
 class EncodeSettings:
     """Everything ``encode_image`` needs beyond the picture."""
 
-    #: Gaussians per layer; None scales REFERENCE_COUNTS with the image area
+    #: Gaussians per layer, kept as given; None: ``default_counts`` for ``layers`` layers,
+    #: a ceiling (the colour rounding drops Gaussians whose bits are worth more than what
+    #: they draw)
     gaussians: tuple[int, ...] | None = None
+    #: layers when ``gaussians`` is None
+    layers: int = 3
     train: TrainSettings = field(default_factory=TrainSettings)
     quant: QuantSettings = field(default_factory=QuantSettings)
     #: "auto", "cpu" or "cuda"
@@ -70,7 +74,7 @@ class EncodeSettings:
     rate: RateSettings = field(default_factory=RateSettings)
 
     def counts_for(self, width: int, height: int) -> tuple[int, ...]:
-        counts = tuple(self.gaussians) if self.gaussians else default_counts(width, height)
+        counts = tuple(self.gaussians) if self.gaussians else default_counts(width, height, self.layers)
         if not counts or min(counts) < 1:
             raise GsvcError("every layer needs at least one Gaussian")
         if len(counts) > 255:

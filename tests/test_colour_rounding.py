@@ -211,3 +211,25 @@ def test_predicted_layers_price_differences_to_the_reference():
     assert off_reference(dear) < 0.75 * off_reference(q_layers)
     assert objective(free) < 0.97 * objective(q_layers)
     assert round_predicted(q_layers, bases, target, STEPS, 1.0, DEFAULT_CODER, ColourRounding(passes=0)) is q_layers
+
+
+def test_default_counts_are_a_ceiling_and_given_counts_are_kept(crop):
+    """An encode at the default counts may drop Gaussians in the rounding (at a slope that
+    makes bits dear here); the same counts given explicitly are kept; the streams hold
+    the model's Gaussians with its colours."""
+    from gsvc.decoder import read, stream_to_model
+    from gsvc.encoder import EncodeSettings, encode_image
+    from gsvc.presets import train_settings
+
+    train = train_settings("fast", iterations=60, colour_rounding=ColourRounding(slope=60.0))
+    default = EncodeSettings(device="cpu", train=train)
+    counts = default.counts_for(crop.shape[1], crop.shape[0])
+    pruned = encode_image(crop, default)
+    kept = encode_image(crop, EncodeSettings(gaussians=counts, device="cpu", train=train))
+    assert kept.model.counts == counts
+    assert sum(pruned.model.counts) < sum(counts) and min(pruned.model.counts) >= 1
+    for result in (pruned, kept):
+        decoded = stream_to_model(read(result.data))
+        assert decoded.counts == result.model.counts
+        for a, b in zip(decoded.layers, result.model.layers):  # (the stream sorts by position)
+            assert sorted(map(tuple, a.colors.tolist())) == sorted(map(tuple, b.colors.tolist()))
