@@ -14,9 +14,9 @@ import torch
 from bitstream import Header, LayerChunk
 from bitstream.layout import write_stream
 
+from .colour_rounding import round_colours
 from .device import resolve_device
 from .errors import GsvcError
-from .colour_rounding import round_colours
 from .layer_codec import DEFAULT_CODER, encode_intra
 from .model import LayeredImage
 from .quantize import QuantSettings, dequantize, quantize_ints
@@ -164,8 +164,8 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     target = to_tensor(rgb, device)
     model = fit(target, counts, train, steps, backend, progress, resize=resize, resize_at=resize_at,
                 coder=coder, rate_gain=gains)
-    model = rounded(trim_to_budgets(model, aims, steps, coder), target, train, steps, coder, budgets)
-    return trim_to_budgets(model, budgets, steps, coder)  # (resolution layers: not rounded)
+    # (without the rounding the aims are the budgets: the trim meets them)
+    return rounded(trim_to_budgets(model, aims, steps, coder), target, train, steps, coder, budgets)
 
 
 def encode_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> EncodeResult:

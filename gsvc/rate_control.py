@@ -54,8 +54,9 @@ class RateSettings:
     #: grow while training spreads the parameters (13 % for a layer of kodim03 from 30 %
     #: to the end)
     resize_shares: tuple[float, ...] = (0.3, 0.7)
-    #: ... to this fraction of each budget (cutting to 1.06x and trimming the rest after
-    #: the fit cost 0.9-2.5 dB on kodim03: docs/results.md, "Rate in the loss")
+    #: ... to this fraction of each layer's aim (its budget times ``rounding_margins``;
+    #: cutting to 1.06x and trimming the rest after the fit cost 0.9-2.5 dB on kodim03:
+    #: docs/results.md, "Rate in the loss")
     resize_margin: float = 1.0
     #: rate term in the loss of a size-target encode (``TrainSettings.rate_slope``, dB
     #: per bit per pixel; 0: none) on every layer but the last, unless the training

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decoder import output_size
 from .colour_rounding import ColourRounding
 from .colour_solve import ColourSolve, solve_colours
+from .decoder import output_size
 from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
 from .loss import Pictures, aspect_excess, clamped_mse, split_mse
