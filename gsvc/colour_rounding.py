@@ -34,8 +34,9 @@ still over its budget after the last pass loses its least important Gaussians
 (``rate_control.keep_within``), as a fit's trim does. The fit aims a few per cent over
 each budget for that (``RateSettings.rounding_margins``).
 
-Encoder only: the decoder reads the integers. Deterministic (one thread, a fixed
-order: each layer in its own order, layer 1 first).
+Encoder only: the decoder reads the integers. Deterministic: each layer in its own
+order, layer 1 first; a large picture in bands of rows side by side, fixed by the
+Gaussians' boxes alone (``_schedule``), so the same on any number of threads.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import math
 from dataclasses import dataclass
 
 import numba
+from numba import prange
 import numpy as np
 import torch
 
@@ -85,6 +87,12 @@ class ColourRounding:
     #: lambda does with fewer bytes (docs/results.md)
     budget_power: float = 16.0
     gain_limits: tuple[float, float] = (0.5, 64.0)
+    #: pictures of at least this many pixels are rounded in bands of ``band`` rows side
+    #: by side (``_schedule``; a 12 MP picture's serial passes took ~80 s); smaller ones
+    #: one Gaussian after another. Both deterministic; they visit the Gaussians in other
+    #: orders, so their integers differ a little
+    parallel_from: int = 4_000_000
+    band: int = 128
 
 
 @numba.njit(cache=True, nogil=True)
@@ -153,55 +161,86 @@ def _add_footprint(means, conics, boxes, i, step, move, prefixes, first):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pass(means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target, weights, first, lam,
-          transform, los, tables, fixed_bits, prune):
-    """One pass over the Gaussians of layer ``first`` (their prefixes first..L-1);
-    colours [N, 3] int64 and keep [N] updated in place; the number of Gaussians moved
-    or dropped. Gaussian i's colours are coded as ``transform`` @ (colours - offsets[i])
-    under the models of its group (``_models``). ``fixed_bits`` [N]: each Gaussian's
-    bits besides its colours (what dropping it saves beyond them); ``prune``: whether a
-    Gaussian may go."""
-    dd = np.zeros((3, 2))
-    move = np.zeros(3, dtype=np.int64)
-    trial = np.zeros(3, dtype=np.int64)
-    moved = 0
-    kept = 0
-    for i in range(means.shape[0]):
-        kept += keep[i]
-    for i in range(means.shape[0]):
-        if not keep[i] or boxes[i, 0] > boxes[i, 1]:
-            continue
-        gone = _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd)
-        base = 0.0
+def _visit(i, means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target, weights, first, lam,
+           transform, los, tables, fixed_bits, prune, anchor, dd, move, trial):
+    """Gaussian i's best move (module docstring), made: 1 if it moved or went, else 0.
+    Its colours are coded as ``transform`` @ (colours - offsets[i]) under the models of
+    its group (``_Layer.models``); ``fixed_bits[i]``: its bits besides its colours
+    (what dropping it saves beyond them); ``prune``: whether it may go (never the
+    layer's ``anchor``, so a layer keeps one)."""
+    gone = _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd)
+    base = 0.0
+    if lam > 0.0:
+        base = _code_length(transform, colours[i], offsets[i], groups[i], los, tables)
+    best = 0.0
+    move[:] = 0
+    for code in range(27):
+        value = 0.0
+        for c in range(3):
+            m = (code // (1, 3, 9)[c]) % 3 - 1
+            trial[c] = colours[i, c] + m
+            if m != 0:
+                value += dd[c, 0] if m > 0 else dd[c, 1]
         if lam > 0.0:
-            base = _code_length(transform, colours[i], offsets[i], groups[i], los, tables)
-        best = 0.0
-        move[:] = 0
-        for code in range(27):
-            value = 0.0
+            value += lam * (_code_length(transform, trial, offsets[i], groups[i], los, tables) - base)
+        if value < best:
+            best = value
             for c in range(3):
-                m = (code // (1, 3, 9)[c]) % 3 - 1
-                trial[c] = colours[i, c] + m
-                if m != 0:
-                    value += dd[c, 0] if m > 0 else dd[c, 1]
-            if lam > 0.0:
-                value += lam * (_code_length(transform, trial, offsets[i], groups[i], los, tables) - base)
-            if value < best:
-                best = value
-                for c in range(3):
-                    move[c] = trial[c] - colours[i, c]
-        if prune and lam > 0.0 and kept > 1 and gone - lam * (base + fixed_bits[i]) < best:
-            for c in range(3):
-                move[c] = -colours[i, c]
-            keep[i] = False
-            kept -= 1
-            best = -1.0
-        if best < 0.0:
-            for c in range(3):
-                colours[i, c] += move[c]
-            _add_footprint(means, conics, boxes, i, step, move, prefixes, first)
-            moved += 1
-    return moved
+                move[c] = trial[c] - colours[i, c]
+    if prune and lam > 0.0 and i != anchor and gone - lam * (base + fixed_bits[i]) < best:
+        for c in range(3):
+            move[c] = -colours[i, c]
+        keep[i] = False
+        best = -1.0
+    if best < 0.0:
+        for c in range(3):
+            colours[i, c] += move[c]
+        _add_footprint(means, conics, boxes, i, step, move, prefixes, first)
+        return 1
+    return 0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pass(means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target, weights, first, lam,
+          transform, los, tables, fixed_bits, prune, anchor, order, starts):
+    """One pass over Gaussians of layer ``first`` (their prefixes first..L-1): the
+    blocks order[starts[b]:starts[b + 1]] side by side, each in its own order (blocks
+    whose Gaussians draw on disjoint rows: ``_schedule``); colours [N, 3] int64 and keep
+    [N] updated in place. The number of Gaussians moved or dropped."""
+    blocks = starts.shape[0] - 1
+    moved = np.zeros(blocks, dtype=np.int64)
+    for b in prange(blocks):
+        dd = np.zeros((3, 2))
+        move = np.zeros(3, dtype=np.int64)
+        trial = np.zeros(3, dtype=np.int64)
+        for j in range(starts[b], starts[b + 1]):
+            moved[b] += _visit(order[j], means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target,
+                               weights, first, lam, transform, los, tables, fixed_bits, prune, anchor, dd, move, trial)
+    return moved.sum()
+
+
+def _schedule(boxes: np.ndarray, keep: np.ndarray, band: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The Gaussians that draw something, as phases of blocks [(order, starts)]: in
+    each phase the blocks' Gaussians draw on disjoint rows, so the blocks can run side by
+    side. band 0: one block, every Gaussian in its order. Otherwise the Gaussians whose
+    rows lie within one band of ``band`` rows, band by band; then those within one band
+    of the grid shifted by half a band; then the rest, one block. Fixed by the boxes
+    alone: the same on any number of threads."""
+    live = np.flatnonzero(keep & (boxes[:, 0] <= boxes[:, 1]))
+    if band <= 0:
+        return [(live, np.array([0, len(live)], dtype=np.int64))]
+    y0, y1 = boxes[live, 2].astype(np.int64), boxes[live, 3].astype(np.int64)
+    phases, left = [], np.ones(len(live), dtype=bool)
+    for shift in (0, band // 2):
+        first, last = (y0 + shift) // band, (y1 + shift) // band
+        local = left & (first == last)
+        ids, keys = live[local], first[local]
+        sort = np.lexsort((ids, keys))
+        _, counts = np.unique(keys, return_counts=True)
+        phases.append((ids[sort], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)))
+        left &= ~local
+    phases.append((live[left], np.array([0, int(left.sum())], dtype=np.int64)))
+    return phases
 
 
 class _Layer:
@@ -245,6 +284,12 @@ class _Layer:
             if table.size > 1:
                 bits += table[np.clip(self.q[:, j] - lo, 0, table.size - 1)]
         return bits + position
+
+    def anchor(self) -> int:
+        """The kept Gaussian of most energy (|c|^2 exp(a + b)): it never goes, so the
+        layer keeps one."""
+        energy = np.square(self.colours).sum(1) * np.exp(self.chol32[:, :2].astype(np.float64).sum(1))
+        return int(np.argmax(np.where(self.keep, energy, -1.0)))
 
     def draw(self, step: float, height: int, width: int) -> np.ndarray:  # [H, W, 3] float32
         from .render import render_array
@@ -302,11 +347,14 @@ def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...]
             prefixes[l] += prefixes[l - 1]
     gains = [1.0] * len(state)
     over = False
+    band = settings.band if h * w >= settings.parallel_from else 0
     for done in range(settings.passes + (settings.passes if budgets is not None else 0)):
         if done >= settings.passes and not over:
             break
         moved = 0
         for l, s in enumerate(state):
+            if not s.keep.any():  # (an empty layer: a P-frame's may be)
+                continue
             lam = 0.0
             if settings.slope > 0.0:
                 mse = float(np.mean(np.square(np.clip(prefixes[l], 0.0, 1.0) - tgt)))
@@ -316,8 +364,10 @@ def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...]
             # layer that drops some falls short of it (Kodak's last layers: 86-88 %)
             pruning = prune and lam > 0.0 and budgets is None
             fixed = s.fixed_bits(coder) if pruning else np.zeros(len(s.q))
-            moved += _pass(s.means, s.conics, s.boxes, s.colours, s.offsets, s.groups, s.keep, step, prefixes, tgt,
-                           weights, l, lam, transform, los, tables, fixed, pruning)
+            anchor = s.anchor()
+            for order, starts in _schedule(s.boxes, s.keep, band):
+                moved += _pass(s.means, s.conics, s.boxes, s.colours, s.offsets, s.groups, s.keep, step, prefixes,
+                               tgt, weights, l, lam, transform, los, tables, fixed, pruning, anchor, order, starts)
         if budgets is not None:
             over = False
             for l, (s, budget) in enumerate(zip(state, budgets)):
