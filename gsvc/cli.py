@@ -460,7 +460,9 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
             sizes = ",".join(str(t) for t in settings.targets)
             click.echo(f"{input}: {w}x{h}, {len(settings.targets)} layers, cumulative targets {sizes} bytes", err=True)
         else:
-            click.echo(f"{input}: {w}x{h}, {len(counts)} layers of {','.join(map(str, counts))} Gaussians", err=True)
+            ceiling = "up to " if settings.gaussians is None else ""  # (the default counts: a ceiling)
+            click.echo(f"{input}: {w}x{h}, {len(counts)} layers of {ceiling}{','.join(map(str, counts))} Gaussians",
+                       err=True)
         with click.progressbar(length=total, label="fitting", file=sys.stderr,
                                item_show_func=lambda p: p, show_pos=True) as bar:
             def progress(done: int, _total: int, value: float) -> None:
