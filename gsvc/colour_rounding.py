@@ -109,6 +109,16 @@ def _code_length(transform, colours, offsets, group, los, tables):
     return bits
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _step_weight(means, conics, i, x, y, step):
+    """What one colour step of Gaussian i adds at pixel (x, y): step * exp(-q / 2),
+    0 beyond the cut-off (float64; the decoder's draw rounds in float32)."""
+    dx = x + 0.5 - means[i, 0]
+    dy = y + 0.5 - means[i, 1]
+    q = conics[i, 0] * dx * dx + 2.0 * conics[i, 1] * dx * dy + conics[i, 2] * dy * dy
+    return 0.0 if q > _Q else math.exp(-0.5 * q) * step
+
+
 @numba.njit(cache=True, nogil=True)
 def _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, weights, first, dd):
     """dd[c, 0 / 1]: the change of the weighted squared error of the prefixes first..L-1
@@ -116,16 +126,11 @@ def _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, 
     (returned)."""
     dd[:] = 0.0
     gone = 0.0
-    mx, my = means[i, 0], means[i, 1]
-    ca, cb, cc = conics[i, 0], conics[i, 1], conics[i, 2]
     for y in range(boxes[i, 2], boxes[i, 3] + 1):
-        dy = y + 0.5 - my
         for x in range(boxes[i, 0], boxes[i, 1] + 1):
-            dx = x + 0.5 - mx
-            q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-            if q > _Q:
+            d = _step_weight(means, conics, i, x, y, step)
+            if d == 0.0:
                 continue
-            d = math.exp(-0.5 * q) * step
             for k in range(first, prefixes.shape[0]):
                 wk = weights[k]
                 for c in range(3):
@@ -144,16 +149,12 @@ def _footprint_deltas(means, conics, boxes, i, step, colours, prefixes, target, 
 
 @numba.njit(cache=True, nogil=True)
 def _add_footprint(means, conics, boxes, i, step, move, prefixes, first):
-    mx, my = means[i, 0], means[i, 1]
-    ca, cb, cc = conics[i, 0], conics[i, 1], conics[i, 2]
+    """Gaussian i's colours moved by ``move`` steps: the prefixes first..L-1 follow."""
     for y in range(boxes[i, 2], boxes[i, 3] + 1):
-        dy = y + 0.5 - my
         for x in range(boxes[i, 0], boxes[i, 1] + 1):
-            dx = x + 0.5 - mx
-            q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-            if q > _Q:
+            d = _step_weight(means, conics, i, x, y, step)
+            if d == 0.0:
                 continue
-            d = math.exp(-0.5 * q) * step
             for k in range(first, prefixes.shape[0]):
                 for c in range(3):
                     if move[c] != 0:
