@@ -41,7 +41,7 @@ Gaussians' boxes alone (``_schedule``), so the same on any number of threads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 from numba import prange
@@ -54,8 +54,8 @@ from .colour_solve import objective_weights
 from .layer_codec import _intra_streams, colour_streams, sort_intra
 from .model import GaussianLayer
 from .params import dequantize_array
-from .quantize import quantize_ints
-from .rate_control import keep_within, layer_bytes
+from .quantize import dequantize, quantize_ints
+from .rate_control import energy, keep_within, layer_bytes
 from .rate_term import rate_weight
 from .render.geometry import conics_from_chol
 from .render.kernel_floats import Q32
@@ -286,11 +286,12 @@ class _Layer:
                 bits += table[np.clip(self.q[:, j] - lo, 0, table.size - 1)]
         return bits + position
 
-    def anchor(self) -> int:
-        """The kept Gaussian of most energy (|c|^2 exp(a + b)): it never goes, so the
-        layer keeps one."""
-        energy = np.square(self.colours).sum(1) * np.exp(self.chol32[:, :2].astype(np.float64).sum(1))
-        return int(np.argmax(np.where(self.keep, energy, -1.0)))
+    def anchor(self, steps: tuple[float, ...]) -> int:
+        """The kept Gaussian of most energy (``rate_control.energy``): it never goes, so
+        the layer keeps one."""
+        q = self.q.copy()
+        q[:, 5:8] = self.colours
+        return int(np.argmax(np.where(self.keep, energy(dequantize(q, steps)), -1.0)))
 
     def draw(self, step: float, height: int, width: int) -> np.ndarray:  # [H, W, 3] float32
         from .render import render_array
@@ -333,7 +334,7 @@ def _colour_transform(coder: int) -> np.ndarray:  # [S, 3] int64
 
 
 def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...], intermediate_weight: float,
-             coder: int, settings: ColourRounding, budgets: tuple[int, ...] | None, prune: bool) -> None:
+             coder: int, settings: ColourRounding, budgets: tuple[int, ...] | None) -> None:
     """The passes of the module docstring over ``state`` (updated in place)."""
     h, w = target.shape[:2]
     step = float(steps[5])
@@ -363,25 +364,21 @@ def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...]
             los, tables = s.models(transform)
             # not with budgets: the fit chose how many Gaussians a budget buys, and a
             # layer that drops some falls short of it (Kodak's last layers: 86-88 %)
-            pruning = prune and lam > 0.0 and budgets is None
+            pruning = settings.prune and lam > 0.0 and budgets is None
             fixed = s.fixed_bits(coder) if pruning else np.zeros(len(s.q))
-            anchor = s.anchor()
+            anchor = s.anchor(steps)
             for order, starts in _schedule(s.boxes, s.keep, band):
                 moved += _pass(s.means, s.conics, s.boxes, s.colours, s.offsets, s.groups, s.keep, step, prefixes,
                                tgt, weights, l, lam, transform, los, tables, fixed, pruning, anchor, order, starts)
         if budgets is not None:
             over = False
             for l, (s, budget) in enumerate(zip(state, budgets)):
-                ratio = layer_bytes(_as_layer(s.ints(), steps), steps, coder) / budget
+                ratio = layer_bytes(dequantize(s.ints(), steps), steps, coder) / budget
                 over |= ratio > 1.0
                 gains[l] = min(max(gains[l] * ratio ** settings.budget_power, settings.gain_limits[0]),
                                settings.gain_limits[1])
         elif moved < settings.settled * sum(len(s.q) for s in state):
             break
-
-
-def _as_layer(q: np.ndarray, steps: tuple[float, ...]) -> GaussianLayer:
-    return GaussianLayer(*torch.from_numpy(dequantize_array(q, steps)).split(list(GaussianLayer.WIDTHS), dim=1))
 
 
 def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tuple[float, ...],
@@ -395,7 +392,7 @@ def round_colours(layers: list[GaussianLayer], target: torch.Tensor, steps: tupl
         return layers
     h, w = target.shape[:2]
     state = [_Layer(quantize_ints(l, steps), steps, h, w) for l in layers]
-    _descend(state, target, steps, intermediate_weight, coder, settings, budgets, settings.prune)
+    _descend(state, target, steps, intermediate_weight, coder, settings, budgets)
     out = []
     for layer, s in zip(layers, state):
         colours = torch.from_numpy((s.colours * steps[5]).astype(np.float32)).to(layer.colors.device)
@@ -416,5 +413,5 @@ def round_predicted(layers: list[np.ndarray], bases: list[np.ndarray], target: t
         return layers
     h, w = target.shape[:2]
     state = [_Layer(q, steps, h, w, base) for q, base in zip(layers, bases)]
-    _descend(state, target, steps, intermediate_weight, coder, settings, None, False)
+    _descend(state, target, steps, intermediate_weight, coder, replace(settings, prune=False), None)
     return [s.ints() for s in state]

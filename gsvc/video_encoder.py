@@ -380,8 +380,7 @@ class _Encoder:
                                         quantize_ints(tail, self.steps)]))
         if self.settings.train.resolution_scales is None:
             # the colours' integers chosen jointly, the kept ones priced as differences
-            rounding = replace(self.settings.train.colour_rounding, passes=s.rounding_passes, slope=s.rate_slope,
-                               prune=False)
+            rounding = replace(self.settings.train.colour_rounding, passes=s.rounding_passes, slope=s.rate_slope)
             ints = round_predicted(ints, [q[keep][:, 5:8] for q, keep in zip(moved, keeps)], cpu_target, self.steps,
                                    self.settings.train.intermediate_weight, coder, rounding)
         chunks, decoded = [], []
