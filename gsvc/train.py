@@ -423,6 +423,11 @@ class _Plateau:
         self.history: list[float] = []
         self.phase = -1  # the phase of ``history``
 
+    def restart(self) -> None:
+        """Forget the PSNR series: the model changed at once (a resize cut Gaussians),
+        so the windows before and after are not comparable."""
+        self.history = []
+
     def skip(self, done: int, psnr: float) -> int:
         """Iterations to skip after iteration ``done`` (1-based count) with ``psnr``."""
         phase = next((i for i, e in enumerate(self.ends) if e >= done), None)
@@ -628,6 +633,8 @@ def fit(
             if pending_resizes and done >= pending_resizes[0] and len(layers) == num_layers:
                 pending_resizes = [at for at in pending_resizes if at > done]
                 layers, optimizer = _resized(layers, resize(layers), optimizer, settings)
+                if plateau is not None:
+                    plateau.restart()
             psnr = psnr_from_mse(full_mse.item()) if (progress is not None or plateau is not None) else 0.0
             if plateau is not None:
                 skip = plateau.skip(done, psnr)
