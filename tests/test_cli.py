@@ -187,3 +187,12 @@ def test_encode_notes_an_unusual_extension(workdir):
                        "--iterations", "2", "-q", "-y")
     assert code == 0, err
     assert "note" in err and ".gsv" in err
+
+
+def test_the_progress_bar_says_when_the_fit_is_done():
+    """After the last iteration the bar stands full while the colours are solved and
+    rounded (about a minute at 12 MP): its text says so, and not before."""
+    from gsvc.cli import fit_status
+
+    assert fit_status(10, 600, 21.456) == "PSNR 21.46 dB"
+    assert fit_status(600, 600, 30.0).startswith("PSNR 30.00 dB, now placing the colours")
