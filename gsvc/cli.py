@@ -473,8 +473,8 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
                        err=True)
         with click.progressbar(length=total, label="fitting", file=sys.stderr,
                                item_show_func=lambda p: p, show_pos=True) as bar:
-            def progress(done: int, total_done: int, value: float) -> None:
-                bar.update(done - bar.pos, fit_status(done, total_done, value))  # (early stopping skips ahead)
+            def progress(done: int, iterations: int, value: float) -> None:
+                bar.update(done - bar.pos, fit_status(done, iterations, value))  # (early stopping skips ahead)
 
             result = encode_image(rgb, settings, progress)
     seconds = time.perf_counter() - start

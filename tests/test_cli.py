@@ -195,4 +195,4 @@ def test_the_progress_bar_says_when_the_fit_is_done():
     from gsvc.cli import fit_status
 
     assert fit_status(10, 600, 21.456) == "PSNR 21.46 dB"
-    assert fit_status(600, 600, 30.0).startswith("PSNR 30.00 dB, now placing the colours")
+    assert fit_status(600, 600, 30.0) == "PSNR 30.00 dB, now placing the colours"
