@@ -166,13 +166,23 @@ def encode_predicted(
     return payload, np.concatenate([kept, new], axis=0)
 
 
-def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int,
-                     moved: bool = False) -> np.ndarray:  # -> [count, 8]
-    """A predicted layer; ``moved``: a moved one (reference 2), whose payload starts
-    with its ``GlobalMotion``."""
+@dataclass(frozen=True)
+class PredictedParts:
+    """What a predicted layer's payload says, before the layer is assembled."""
+
+    reference: np.ndarray  # [M, 8] the reference the differences apply to (moved, for a moved layer)
+    keep: np.ndarray  # [M] bool
+    diff: np.ndarray  # [K, 8] differences of the kept Gaussians, reference order
+    new: np.ndarray  # [N - K, 8] Gaussians added in this frame, sorted
+
+
+def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: int,
+                    moved: bool = False) -> PredictedParts:
+    """The parts of a predicted layer; ``moved``: a moved one (reference 2), whose
+    payload starts with its ``GlobalMotion``."""
     if moved:
         motion, pos = GlobalMotion.read(payload)
-        return decode_predicted(payload[pos:], motion.apply(reference), count, coder)
+        return predicted_parts(payload[pos:], motion.apply(reference), count, coder)
     if len(payload) < 4:
         raise StreamError("corrupt stream: predicted layer too short")
     (k,) = struct.unpack_from(">I", payload, 0)
@@ -185,6 +195,13 @@ def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: i
         raise StreamError("corrupt stream: keep flags disagree with the kept count")
     diff_streams = streams[1:6] + _from_colour_streams(streams[6 : 1 + NPARAMS], coder)
     diff = np.stack(diff_streams, axis=1).reshape(-1, NPARAMS)
-    kept = reference[keep.astype(bool)] + diff
     new = _from_intra_streams(streams[1 + NPARAMS :], coder)
-    return np.concatenate([kept, new], axis=0)
+    return PredictedParts(reference, keep.astype(bool), diff, new)
+
+
+def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int,
+                     moved: bool = False) -> np.ndarray:  # -> [count, 8]
+    """A predicted layer; ``moved``: a moved one (reference 2), whose payload starts
+    with its ``GlobalMotion``."""
+    parts = predicted_parts(payload, reference, count, coder, moved)
+    return np.concatenate([parts.reference[parts.keep] + parts.diff, parts.new], axis=0)
