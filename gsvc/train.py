@@ -13,8 +13,9 @@ Joint schedule (the default):
    with k = 1, 2, ..., L-1, 1, 2, ... taken cyclically, and one Adam step updates
    the parameters of every layer. Because rendering is an additive sum, the two
    targets share one render: low = sum(layers 1..k), full = low + sum(layers k+1..L).
-3. The last ``qat_share`` of iterations renders every parameter through the stream's
-   quantizer with a straight-through gradient (quantization-aware fine-tuning).
+3. The last ``qat_share`` of iterations (none by default) renders every parameter
+   through the stream's quantizer with a straight-through gradient
+   (quantization-aware fine-tuning).
 
 Resolution layers (``TrainSettings.resolution_scales``, off by default): the
 intermediate term of step 2 also compares layers 1..k with the target at a smaller
@@ -77,8 +78,15 @@ class TrainSettings:
     warmup_share: float = 0.1
     #: weight of the intermediate (layers 1..k) loss next to the full loss
     intermediate_weight: float = 1.0
-    #: final share of iterations trained through the quantizer (per stage when sequential)
-    qat_share: float = 0.15
+    #: final share of iterations trained through the quantizer (per stage when sequential).
+    #: 0 for pictures: the colours are solved and rounded for distortion and rate after
+    #: the fit (colour_solve, colour_rounding), and the geometry's steps cost little, so
+    #: 15 % of the iterations through the quantizer (the default until the seventh
+    #: session) gave less than the same iterations in float: kodim03 / 05 / 08 at
+    #: --bpp 0.25,0.5,1.0 +0.03-0.04 / +0.06-0.10 / +0.15-0.21 dB without it
+    #: (docs/results.md, "No quantization-aware share for pictures"). Video P-frames keep
+    #: theirs (``CodingStructure.p_qat_share``): their differences are deadzone-rounded.
+    qat_share: float = 0.0
     #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours. Twice
     #: those of the first release, decaying twice as far: the same PSNR in fewer
     #: iterations (docs/results.md, "Encode speed")

@@ -92,6 +92,11 @@ class CodingStructure:
     p_lr_scale: float = 0.5
     #: P-frame learning rates decay to this fraction by their last step
     p_lr_final_ratio: float = 0.2
+    #: share of a P-frame's iterations trained through its quantizer (the deadzone
+    #: rounding of the differences, ``fake_quantize_predicted``); pictures train without
+    #: one (``TrainSettings.qat_share``), P-frames need it: a P-frame's PSNR falls by
+    #: about 1 dB when its differences start being quantized (docs/results.md)
+    p_qat_share: float = 0.15
     #: rate term of P-frames: dB per bit per pixel, the RD slope its exchange rate assumes
     #: (``rate_term.rate_weight``, as an image's size-target fit prices bits: each
     #: layer's bits at the MSE of the GOP's I-frame drawn from layers 1..l). Its
@@ -358,7 +363,7 @@ class _Encoder:
         trained = refine(
             target,
             [l.to(self.device) for l in starts],
-            self.settings.train,
+            replace(self.settings.train, qat_share=s.p_qat_share),
             iterations,
             lr_scale=s.p_lr_scale,
             lr_final_ratio=s.p_lr_final_ratio,

@@ -24,7 +24,8 @@ def test_phase_schedule():
     with pytest.raises(ValueError):
         TrainSettings(coarse_phases=((1.5, 0.2),))
     with pytest.raises(ValueError):  # must leave the quantization-aware share at full size
-        TrainSettings(coarse_phases=((0.5, 0.9),))
+        TrainSettings(coarse_phases=((0.5, 0.9),), qat_share=0.15)
+    TrainSettings(coarse_phases=((0.5, 0.9),))  # (pictures have none by default)
 
 
 def test_presets_are_schedules_and_iterations_override_the_budget_only():
@@ -108,16 +109,17 @@ def test_flat_picture_stops_early(crop):
     assert calls[-1] == 400 and len(calls) < 300
 
 
-def test_black_frame_skips_the_warm_up_stages():
+@pytest.mark.parametrize("qat_share", [0.0, 0.15])
+def test_black_frame_skips_the_warm_up_stages(qat_share):
     """A picture already drawn perfectly (black: a fade, the first frame of a film)
     ends every phase after a few iterations that show it (PERFECT_RUN): each warm-up
-    stage, the full-size phase and the quantization-aware share."""
+    stage, the full-size phase and the quantization-aware share (if any)."""
     black = torch.zeros((24, 32, 3))
-    settings = TrainSettings(iterations=400, warmup_share=0.25, plateau_window=10)
+    settings = TrainSettings(iterations=400, warmup_share=0.25, plateau_window=10, qat_share=qat_share)
     calls = []
     first = fit(black, (12, 6, 6), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d))
     assert len([d for d in calls if d <= 200]) == 2 * PERFECT_RUN  # two warm-ups of 100 iterations
-    assert len(calls) == 4 * PERFECT_RUN and calls[-1] == 400
+    assert len(calls) == (3 + (qat_share > 0)) * PERFECT_RUN and calls[-1] == 400
     second = fit(black, (12, 6, 6), settings, STEPS, backend="numba")
     for a, b in zip(first.layers, second.layers):
         assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors()))
@@ -149,7 +151,7 @@ def test_refine_stops_a_still_picture_early_and_deterministically():
     with torch.no_grad():  # the scene with sensor noise: ~34 dB, which the Gaussians cannot fit
         target = render(scene.means, scene.chol, scene.colors, 64, 64)
         target = (target + 0.02 * torch.randn(target.shape, generator=g)).clamp(0, 1)
-    settings = TrainSettings(iterations=200, seed=0, plateau_tol_db=0.005)
+    settings = TrainSettings(iterations=200, seed=0, plateau_tol_db=0.005, qat_share=0.15)  # as P-frames
 
     def run(window):
         seen = []
