@@ -2,7 +2,8 @@
 
 A preset fixes the iteration budget and how it is spent (Cool-chic's presets as
 phases): coarse-to-fine phases at reduced size, then full size, with early stopping of
-a phase whose PSNR has stopped improving, and the quantization-aware share at the end.
+a phase whose PSNR has stopped improving (pictures have no quantization-aware share at
+the end: ``TrainSettings.qat_share``).
 Measured cost and quality of each preset: docs/results.md, "Encode speed"
 (``python -m benchmarks.speed``).
 """

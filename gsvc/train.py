@@ -84,8 +84,9 @@ class TrainSettings:
     #: 15 % of the iterations through the quantizer (the default until the seventh
     #: session) gave less than the same iterations in float: kodim03 / 05 / 08 at
     #: --bpp 0.25,0.5,1.0 +0.03-0.04 / +0.06-0.10 / +0.15-0.21 dB without it
-    #: (docs/results.md, "No quantization-aware share for pictures"). Video P-frames keep
-    #: theirs (``CodingStructure.p_qat_share``): their differences are deadzone-rounded.
+    #: (docs/results.md, "No quantization-aware share for pictures"). Video frames keep
+    #: theirs (``CodingStructure.i_qat_share``, ``p_qat_share``): a P-frame's differences
+    #: are deadzone-rounded, and I-frames without it gave no better streams.
     qat_share: float = 0.0
     #: Adam learning rates: positions (pixels), log-Cholesky (a, b, r), colours. Twice
     #: those of the first release, decaying twice as far: the same PSNR in fewer
