@@ -9,11 +9,11 @@ are fixed, the P-GSVC objective
 (w_L = 1 for all layers, w_k = intermediate_weight / (L - 1) for the prefixes 1..k that
 training cycles through) is a least-squares problem in the colours, up to the clamp.
 Adam leaves it short of its minimum: the cyclic objective switches every iteration, the
-learning rate has decayed (and, where a fit has a quantization-aware share, as P-frames
-do, it moves the colours through a straight-through rounding). A few Gauss-Newton steps on the colours alone (pixels where
-the clamp is active hold no gradient: they are masked, the mask refreshed each step),
-each solved by conjugate gradients and kept only where it lowers f, close most of that
-gap for the cost of a few dozen training iterations (docs/results.md, "Colours solved
+learning rate has decayed, and where a fit has a quantization-aware share (video frames)
+it moves the colours through a straight-through rounding. A few Gauss-Newton steps on
+the colours alone (pixels where the clamp is active hold no gradient: they are masked,
+the mask refreshed each step), each solved by conjugate gradients and kept only where it
+lowers f, close most of that gap for the cost of a few dozen training iterations (docs/results.md, "Colours solved
 at the end of a fit").
 
 Operators: ``R_l c`` is a render of layer l with colours c; ``R_l^T Y`` is the colour
