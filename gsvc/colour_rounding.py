@@ -36,7 +36,7 @@ each budget for that (``RateSettings.rounding_margins``).
 
 Encoder only: the decoder reads the integers. Deterministic: each layer in its own
 order, layer 1 first; a large picture in bands of rows side by side, fixed by the
-Gaussians' boxes alone (``_schedule``), so the same on any number of threads.
+Gaussians' boxes alone (``row_blocks``), so the same on any number of threads.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ from .rate_term import rate_weight
 from .render.geometry import conics_from_chol
 from .render.kernel_floats import Q32
 from .render.numba_kernels import pixel_boxes
+from .row_blocks import row_blocks
 
 _Q = float(Q32)
 #: code length of a value outside a model's alphabet (bits): a move there is never cheap
@@ -88,7 +89,7 @@ class ColourRounding:
     budget_power: float = 16.0
     gain_limits: tuple[float, float] = (0.5, 64.0)
     #: pictures of at least this many pixels are rounded in bands of ``band`` rows side
-    #: by side (``_schedule``; a 12 MP picture's serial passes took ~80 s); smaller ones
+    #: by side (``row_blocks``; a 12 MP picture's serial passes took ~80 s); smaller ones
     #: one Gaussian after another. Both deterministic; they visit the Gaussians in other
     #: orders, so their integers differ a little
     parallel_from: int = 4_000_000
@@ -206,7 +207,7 @@ def _pass(means, conics, boxes, colours, offsets, groups, keep, step, prefixes, 
           transform, los, tables, fixed_bits, prune, anchor, order, starts):
     """One pass over Gaussians of layer ``first`` (their prefixes first..L-1): the
     blocks order[starts[b]:starts[b + 1]] side by side, each in its own order (blocks
-    whose Gaussians draw on disjoint rows: ``_schedule``); colours [N, 3] int64 and keep
+    whose Gaussians draw on disjoint rows: ``row_blocks``); colours [N, 3] int64 and keep
     [N] updated in place. The number of Gaussians moved or dropped."""
     blocks = starts.shape[0] - 1
     moved = np.zeros(blocks, dtype=np.int64)
@@ -218,30 +219,6 @@ def _pass(means, conics, boxes, colours, offsets, groups, keep, step, prefixes, 
             moved[b] += _visit(order[j], means, conics, boxes, colours, offsets, groups, keep, step, prefixes, target,
                                weights, first, lam, transform, los, tables, fixed_bits, prune, anchor, dd, move, trial)
     return moved.sum()
-
-
-def _schedule(boxes: np.ndarray, keep: np.ndarray, band: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The Gaussians that draw something, as phases of blocks [(order, starts)]: in
-    each phase the blocks' Gaussians draw on disjoint rows, so the blocks can run side by
-    side. band 0: one block, every Gaussian in its order. Otherwise the Gaussians whose
-    rows lie within one band of ``band`` rows, band by band; then those within one band
-    of the grid shifted by half a band; then the rest, one block. Fixed by the boxes
-    alone: the same on any number of threads."""
-    live = np.flatnonzero(keep & (boxes[:, 0] <= boxes[:, 1]))
-    if band <= 0:
-        return [(live, np.array([0, len(live)], dtype=np.int64))]
-    y0, y1 = boxes[live, 2].astype(np.int64), boxes[live, 3].astype(np.int64)
-    phases, left = [], np.ones(len(live), dtype=bool)
-    for shift in (0, band // 2):
-        first, last = (y0 + shift) // band, (y1 + shift) // band
-        local = left & (first == last)
-        ids, keys = live[local], first[local]
-        sort = np.lexsort((ids, keys))
-        _, counts = np.unique(keys, return_counts=True)
-        phases.append((ids[sort], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)))
-        left &= ~local
-    phases.append((live[left], np.array([0, int(left.sum())], dtype=np.int64)))
-    return phases
 
 
 class _Layer:
@@ -367,7 +344,7 @@ def _descend(state: list[_Layer], target: torch.Tensor, steps: tuple[float, ...]
             pruning = settings.prune and lam > 0.0 and budgets is None
             fixed = s.fixed_bits(coder) if pruning else np.zeros(len(s.q))
             anchor = s.anchor(steps)
-            for order, starts in _schedule(s.boxes, s.keep, band):
+            for order, starts in row_blocks(s.boxes, s.keep, band):
                 moved += _pass(s.means, s.conics, s.boxes, s.colours, s.offsets, s.groups, s.keep, step, prefixes,
                                tgt, weights, l, lam, transform, los, tables, fixed, pruning, anchor, order, starts)
         if budgets is not None:

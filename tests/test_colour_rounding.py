@@ -9,7 +9,7 @@ import torch
 
 from bitstream.entropy import peaked_code_lengths
 from gsvc.colour_rounding import (
-    ColourRounding, _colour_transform, _footprint_deltas, _Layer, _schedule, round_colours, round_predicted,
+    ColourRounding, _colour_transform, _footprint_deltas, _Layer, round_colours, round_predicted,
 )
 from gsvc.colour_solve import objective_weights
 from gsvc.layer_codec import DEFAULT_CODER, colour_streams
@@ -17,6 +17,7 @@ from gsvc.model import GaussianLayer
 from gsvc.quantize import quantize_ints
 from gsvc.rate_control import layer_bytes
 from gsvc.render import render_array
+from gsvc.row_blocks import row_blocks
 from test_colour_solve import STEPS, _layers, _target
 
 STEP = STEPS[5]
@@ -237,7 +238,7 @@ def test_default_counts_are_a_ceiling_and_given_counts_are_kept(crop):
 
 
 def test_bands_run_side_by_side_on_disjoint_rows_and_on_any_thread_count():
-    """_schedule: every Gaussian that draws appears once; within a phase the blocks'
+    """row_blocks: every Gaussian that draws appears once; within a phase the blocks'
     rows never meet. The banded rounding gives the same integers on 1 thread as on all,
     and lowers the objective about as much as the serial one."""
     import numba
@@ -252,7 +253,7 @@ def test_bands_run_side_by_side_on_disjoint_rows_and_on_any_thread_count():
     target = _target(11, h, w)
     state = [_Layer(quantize_ints(l, STEPS), STEPS, h, w) for l in layers]
     for s in state:
-        phases = _schedule(s.boxes, s.keep, 12)
+        phases = row_blocks(s.boxes, s.keep, 12)
         seen = np.concatenate([order for order, _ in phases])
         live = np.flatnonzero(s.boxes[:, 0] <= s.boxes[:, 1])
         assert sorted(seen.tolist()) == live.tolist()
