@@ -48,6 +48,7 @@ from torch import Tensor
 from .colour_rounding import ColourRounding
 from .colour_solve import ColourSolve, solve_colours
 from .decoder import output_size
+from .geometry_rounding import GeometryRounding, round_geometry
 from .heap import keep_freed_blocks
 from .metrics import psnr_from_mse
 from .loss import Pictures, aspect_excess, clamped_mse, split_mse
@@ -158,6 +159,10 @@ class TrainSettings:
     #: least-squares solve would undo what the rate term shaped for the bits).
     #: ``ColourSolve(steps=0)``: off
     colour_solve: ColourSolve = ColourSolve()
+    #: then round the positions and shapes for the joint objective rather than to their
+    #: nearest steps, and solve the colours again (``geometry_rounding``; same modes as
+    #: the colour solve). ``GeometryRounding(passes=0)``: the nearest steps
+    geometry_rounding: GeometryRounding = GeometryRounding()
     #: how the encoder turns the fitted colours into the stream's integers
     #: (``colour_rounding``: jointly, for distortion plus rate; ``ColourRounding(passes=0)``:
     #: each to its nearest step). Full-size layers only (not resolution layers)
@@ -655,6 +660,11 @@ def fit(
     final = [l.detached() for l in layers]
     full_size = all(settings.intermediate_scale(k) == 1.0 for k in range(1, num_layers))
     if not sequential and full_size:
+        first = 0 if pricing is None else pricing.priced(num_layers)
         final = solve_colours(final, target, steps, settings.intermediate_weight, backend, settings.colour_solve,
-                              first=0 if pricing is None else pricing.priced(num_layers))
+                              first=first)
+        if settings.geometry_rounding.passes > 0:
+            final = round_geometry(final, target, steps, settings.intermediate_weight, settings.geometry_rounding)
+            final = solve_colours(final, target, steps, settings.intermediate_weight, backend,
+                                  settings.colour_solve, first=first)
     return LayeredImage(w, h, final)

@@ -15,6 +15,7 @@ from gsvc.colour_solve import (
     objective_gradient, objective_weights, solve_colours,
 )
 from gsvc.encoder import EncodeSettings, encode_image
+from gsvc.geometry_rounding import GeometryRounding
 from gsvc.model import GaussianLayer
 from gsvc.presets import train_settings
 
@@ -146,8 +147,10 @@ def test_under_a_rate_term_only_the_unpriced_layers_are_solved():
     # and a fit that prices layer 1 of 2 leaves layer 1 as trained
     g = np.random.default_rng(7)
     rgb = np.clip(g.normal(120, 40, (24, 32, 3)), 0, 255).astype(np.uint8)
+    # (the geometry's rounding off: it moves every layer's geometry for the colours it is given)
     s = EncodeSettings(gaussians=(60, 30), train=train_settings("fast", iterations=80, rate_slope=6.0, rate_layers=1,
-                                                                colour_rounding=ColourRounding(passes=0)))
+                                                                colour_rounding=ColourRounding(passes=0),
+                                                                geometry_rounding=GeometryRounding(passes=0)))
     from gsvc.encoder import fit_image
 
     on = fit_image(rgb, s)
