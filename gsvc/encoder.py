@@ -59,6 +59,7 @@ class EncodeSettings:
     #: layers when ``gaussians`` is None
     layers: int = 3
     train: TrainSettings = field(default_factory=TrainSettings)
+    #: a picture's quantizer steps (a video's are ``CodingStructure.quant``)
     quant: QuantSettings = field(default_factory=QuantSettings)
     #: "auto", "cpu" or "cuda"
     device: str = "auto"

@@ -19,16 +19,21 @@ from .params import PARAMS, dequantize_array  # noqa: F401 (PARAMS re-exported)
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """Quantizer steps; they are written into the stream header."""
+    """Quantizer steps; they are written into the stream header. The defaults are the
+    pictures'; video streams keep finer ones (``VIDEO_QUANT``)."""
 
-    #: position step in pixels of the encoded image (1/16 before coder 2: 1/8 saves ~3.5 %
-    #: of the bytes for 0.03-0.1 dB, more than that many bytes buy in Gaussians)
-    position_step: float = 1.0 / 8
-    #: step of the log-diagonal Cholesky entries a, b (relative size precision ~ step)
-    log_scale_step: float = 1.0 / 32
-    #: step of the Cholesky shear r = L21 / L22 (1/32 before coder 2: 1/16 saves ~2 %
-    #: for ~0.01 dB)
-    shear_step: float = 1.0 / 16
+    #: position step in pixels of the encoded image. 1/4 since the geometry is rounded
+    #: for the picture (``geometry_rounding``): with the coarser size and shear steps
+    #: below, +0.15 to +0.8 dB at the same bytes on five pictures at 384 px wide
+    #: (``fast``) and on kodim03 / 08 at full size (``medium``); 1/3 lost at layer 3
+    #: (docs/results.md, "Coarser geometry steps"). 1/8 before, 1/16 before coder 2
+    position_step: float = 1.0 / 4
+    #: step of the log-diagonal Cholesky entries a, b (relative size precision ~ step):
+    #: 1/12 (1/16 and 1/8 gave less on kodim03; 1/32 before)
+    log_scale_step: float = 1.0 / 12
+    #: step of the Cholesky shear r = L21 / L22: 1/8 (1/6 no better; 1/16 before, 1/32
+    #: before coder 2)
+    shear_step: float = 1.0 / 8
     #: step of the additive RGB colours
     color_step: float = 1.0 / 128
 
@@ -36,6 +41,13 @@ class QuantSettings:
         p, s, r, c = self.position_step, self.log_scale_step, self.shear_step, self.color_step
         # round-trip through float32: the header stores float32 and both sides must agree
         return tuple(float(np.float32(v)) for v in (p, p, s, s, r, c, c, c))
+
+
+#: video streams' steps (``CodingStructure.quant``): a P-frame codes its Gaussians'
+#: changes in these steps, and at the pictures' coarser ones Megamind's first 10 frames
+#: came out 9-13 % smaller but 0.56-0.60 dB lower, about 0.2 dB below the finer steps'
+#: rate-distortion curve (docs/results.md, "Coarser geometry steps")
+VIDEO_QUANT = QuantSettings(position_step=1.0 / 8, log_scale_step=1.0 / 32, shear_step=1.0 / 16)
 
 
 def _as_columns(layer: GaussianLayer) -> Tensor:  # [N, 8]

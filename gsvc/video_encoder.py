@@ -64,7 +64,7 @@ from .layer_codec import GlobalMotion, encode_predicted
 from .metrics import mse, psnr, psnr_from_mse
 from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
-from .quantize import dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
+from .quantize import VIDEO_QUANT, QuantSettings, dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
 from .render import render
 from .step_l1 import distance_grads, shrink_towards, step_distance
 from .train import refine
@@ -147,6 +147,9 @@ class CodingStructure:
     #: new Gaussians per P-frame layer, as a share of the layer, replacing dropped ones
     #: (0 by default: on Megamind 360x264, 2% cost 0.17 dB and 1% more bytes)
     refresh_share: float = 0.0
+    #: the stream's quantizer steps: a video's own (finer than a picture's), in place of
+    #: ``EncodeSettings.quant``
+    quant: QuantSettings = VIDEO_QUANT
 
     def __post_init__(self) -> None:
         if self.gop < 1:
@@ -274,10 +277,10 @@ class _Encoder:
 
     def __init__(self, settings: EncodeSettings, structure: CodingStructure, width: int, height: int,
                  unit: int = 0):
-        self.settings = settings
+        self.settings = replace(settings, quant=structure.quant)  # (I-frames fit with these steps too)
         self.structure = structure
         self.width, self.height = width, height
-        self.steps = settings.quant.steps()
+        self.steps = structure.quant.steps()
         self.counts = settings.counts_for(width, height)
         self.device, self.backend = settings.device_and_backend()
         self.generator = torch.Generator().manual_seed(unit_seed(settings.train.seed, unit))
@@ -562,7 +565,7 @@ def encode_video(
     structure = structure or CodingStructure()
     begin = time.perf_counter()
     counts = settings.counts_for(width, height)
-    steps = settings.quant.steps()
+    steps = structure.quant.steps()
     fps = Fraction(fps).limit_denominator(1 << 20)
     header = Header(width=width, height=height, counts=counts, steps=steps, kind=KIND_VIDEO, coder=settings.coder)
     writer = VideoWriter(out, header, VideoHeader(0, fps.numerator, fps.denominator, structure.gop))

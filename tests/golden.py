@@ -14,7 +14,7 @@ from gsvc.quantize import QuantSettings
 
 DATA = Path(__file__).resolve().parent / "data"
 #: the steps the golden streams were made with (QuantSettings' defaults of the first release)
-STEPS = QuantSettings(position_step=1 / 16, shear_step=1 / 32).steps()
+STEPS = QuantSettings(position_step=1 / 16, log_scale_step=1 / 32, shear_step=1 / 32).steps()
 #: coder id -> (image stream, video stream) file names
 FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gsv")}
 #: a video whose P-frames move their layers (reference 2, FORMAT.md section 7.4), coder 2

@@ -101,13 +101,15 @@ def test_size_targets_train_with_the_rate_term_and_still_meet_them(crop):
     def encode(slope):
         # (the training's rate term alone: the colour rounding at the end prices bits too)
         train = TrainSettings(iterations=150, seed=0, colour_rounding=ColourRounding(passes=0))
-        settings = EncodeSettings(gaussians=None, targets=(300, 600), device="cpu", train=train,
+        # (400 / 800 B: at the pictures' coarser steps since the eighth session, 300 / 600 B
+        # held 59 Gaussians with and without the rate term; here 95 against 97)
+        settings = EncodeSettings(gaussians=None, targets=(400, 800), device="cpu", train=train,
                                   rate=RateSettings(slope=slope))
         return encode_image(crop, settings)
 
     plain, priced = encode(0.0), encode(6.0)
     for result in (plain, priced):
-        assert 0.95 * 600 <= len(result.data) <= 600
+        assert 0.95 * 800 <= len(result.data) <= 800
     # cheaper Gaussians: more of them in the same bytes
     assert sum(priced.model.counts) > sum(plain.model.counts)
 

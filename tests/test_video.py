@@ -18,7 +18,7 @@ from gsvc.encoder import EncodeSettings
 from gsvc.errors import GsvcError
 from gsvc.media import read_image, read_video_frames, video_output
 from gsvc.metrics import psnr
-from gsvc.quantize import dequantize
+from gsvc.quantize import VIDEO_QUANT, QuantSettings, dequantize
 from gsvc.train import TrainSettings
 from gsvc.video_encoder import CodingStructure, encode_video
 
@@ -152,6 +152,8 @@ def test_info_json_keys(encoded):
     per_layer = np.sum([f["bytes"] for f in info["frame_list"]], axis=0)
     assert [l["bytes"] for l in info["layers"]] == per_layer.tolist()
     assert info["header_bytes"] + sum(per_layer) == len(data)
+    # a video keeps its own, finer steps (P-frames code changes in them), not a picture's
+    assert list(info["quantizer_steps"].values()) == list(VIDEO_QUANT.steps()) != list(QuantSettings().steps())
 
 
 def test_same_input_gives_identical_bytes(clip):
@@ -285,6 +287,7 @@ def test_still_image_stays_an_image(tmp_path, crop):
                        "--iterations", "10", "-q")
     assert code == 0, err
     assert stream_info(tmp_path / "a.gsv")["kind"] == "image"
+    assert list(stream_info(tmp_path / "a.gsv")["quantizer_steps"].values()) == list(QuantSettings().steps())
 
 
 def test_real_clip_tree(shared_data, tmp_path):
