@@ -13,10 +13,11 @@ move, with its (float) colours as the fit left them, and the best move that lowe
 is taken and the prefix pictures updated.
 
 The rate is left out: a step of a position or a shape costs about as many bits either
-way under the stream's models (Kodak at --bpp 0.25,0.5,1.0: every cumulative size
-within -0.07..+0.30 % of what it was without). The fit solves the colours again afterwards (``train.fit``):
-the descent moves the geometry for the colours it had, the solve the colours for the
-geometry it left.
+way under the stream's models (Kodak at --bpp 0.25,0.5,1.0, at the finer steps of
+then: every cumulative size within -0.07..+0.30 % of what it was without). The fit
+solves the colours again afterwards (``train.fit``): the descent moves the geometry for
+the colours it had, the solve the colours for the geometry it left. With it, coarser
+steps pay (``QuantSettings``).
 
 Encoder only: the decoder reads the integers. Deterministic: each layer in its own
 order, layer 1 first, in blocks of ``band`` rows side by side (``row_blocks``), fixed
@@ -52,9 +53,10 @@ class GeometryRounding:
     """How a fit's positions and shapes become integers (``TrainSettings.geometry_rounding``)."""
 
     #: passes of coordinate descent over all Gaussians; 0: the nearest steps. kodim03 /
-    #: 08 at --bpp 0.25,0.5,1.0, layer 3 (``medium``): +0.15 / +0.14 dB after 2 passes,
-    #: no more after 3 or 6; each pass ~2 s there (docs/results.md, "Geometry rounded
-    #: for the picture"). The presets set it (``Preset.geometry_passes``)
+    #: 08 at --bpp 0.25,0.5,1.0, layer 3 (``medium``, the finer steps of the time):
+    #: +0.15 / +0.14 dB after 2 passes, no more after 3 or 6; each pass ~2 s there
+    #: (docs/results.md, "Geometry rounded for the picture"). The presets set it
+    #: (``Preset.geometry_passes``)
     passes: int = 2
     #: a pass that moves fewer than this share of the Gaussians ends the descent
     settled: float = 0.02
