@@ -44,7 +44,8 @@ import numpy as np
 
 from bitstream import MAGIC, iter_chunks
 from bitstream.container import read_signature
-from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2, MODEL_BINNED, MODEL_CATEGORICAL, MODEL_GEOMETRIC, MODEL_PEAKED
+from bitstream.entropy import (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3, MODEL_BINNED, MODEL_CATEGORICAL,
+                               MODEL_GEOMETRIC, MODEL_PEAKED)
 from bitstream.layout import REF_MOVED, REF_PREVIOUS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,15 +112,15 @@ def parse_stream(data: bytes) -> list[Piece]:
     src = io.BytesIO(data)
     read_signature(src)
     pieces = []
-    previous_counts: dict[int, int] = {}  # layer -> Gaussians in the previous frame
+    state: dict = {}  # "coder": the header's; layer -> Gaussians in the previous frame
     for chunk in iter_chunks(src, len(MAGIC) + 2):
         parse = _PARSERS.get(chunk.type)
-        fields = parse(chunk.payload, previous_counts) if parse else []
+        fields = parse(chunk.payload, state) if parse else []
         pieces.append(Piece(chunk.type, chunk.payload, fields))
     return pieces
 
 
-def _header_fields(payload: bytes, _) -> list[Field]:
+def _header_fields(payload: bytes, state: dict) -> list[Field]:
     nlayers = payload[9]
     fields = [Field("GHDR.kind", "header", 0, ">B"), Field("GHDR.width", "header", 1, ">I"),
               Field("GHDR.height", "header", 5, ">I"), Field("GHDR.layers", "header", 9, ">B")]
@@ -127,6 +128,7 @@ def _header_fields(payload: bytes, _) -> list[Field]:
     pos = 10 + 4 * nlayers
     fields += [Field("GHDR.coder", "header", pos, ">B"), Field("GHDR.nsteps", "header", pos + 1, ">B")]
     fields += [Field("GHDR.steps", "steps", pos + 2 + 4 * j, ">f") for j in range(payload[pos + 1])]
+    state["coder"] = payload[pos]
     return fields
 
 
@@ -141,8 +143,19 @@ def _frame_fields(payload: bytes, _) -> list[Field]:
     return fields + [Field("FRAM.sizes", "frame-header", 6 + 4 * i, ">I") for i in range(payload[5])]
 
 
-def _layer_fields(payload: bytes, previous_counts: dict[int, int]) -> list[Field]:
+def _position_fields(payload: bytes, pos: int) -> tuple[list[Field], int]:
+    """A coder-3 position code header (FORMAT.md 3.1) at ``pos``: its fields and end."""
+    fields = [Field("LAYR.positions.shift", "positions", pos, ">B")]
+    pos += 1
+    for name in ("x0", "y0", "span1"):
+        fields.append(Field(f"LAYR.positions.{name}", "positions", pos, VARINT))
+        _, pos = _varint_at(payload, pos)
+    return fields, pos
+
+
+def _layer_fields(payload: bytes, state: dict) -> list[Field]:
     _, layer, reference, count = struct.unpack_from(">IBBI", payload, 0)
+    coder = state.get("coder")
     fields = [Field("LAYR.frame", "layer-prefix", 0, ">I"), Field("LAYR.layer", "layer-prefix", 4, ">B"),
               Field("LAYR.reference", "layer-prefix", 5, ">B"), Field("LAYR.count", "layer-prefix", 6, ">I")]
     if reference in (REF_PREVIOUS, REF_MOVED):
@@ -153,11 +166,15 @@ def _layer_fields(payload: bytes, previous_counts: dict[int, int]) -> list[Field
                 _, pos = _varint_at(payload, pos)
         (kept,) = struct.unpack_from(">I", payload, pos)
         fields.append(Field("LAYR.kept", "layer-prefix", pos, ">I"))
-        lengths = [previous_counts[layer]] + [kept] * 8 + [count - kept] * 8
-        pos += 4
+        fresh, pos = count - kept, pos + 4
+        lengths = [state[layer]] + [kept] * 8 + [fresh] * (7 if coder == CODER_RANGE_V3 else 8)
     else:
-        lengths, pos = [count] * 8, 10
-    previous_counts[layer] = count
+        fresh, pos = count, 10
+        lengths = [count] * (7 if coder == CODER_RANGE_V3 else 8)
+    if coder == CODER_RANGE_V3 and fresh:
+        more, pos = _position_fields(payload, pos)
+        fields += more
+    state[layer] = count
     return fields + _entropy_fields(payload, pos, lengths)
 
 
@@ -442,7 +459,7 @@ def _splice_payload(pieces: list[Piece], chooser: Chooser) -> bool:
 MUTATIONS: dict[str, Mutation] = {
     kind: _field_mutation(kind)
     for kind in ("header", "header-counts", "steps", "video-header", "frame-header", "layer-prefix", "motion",
-                 "model-kind", "model-min", "model-size", "count-table", "geometric", "peaked", "binned", "bin-table",
+                 "positions", "model-kind", "model-min", "model-size", "count-table", "geometric", "peaked", "binned", "bin-table",
                  "word-count", "words")
 }
 MUTATIONS.update({
@@ -492,10 +509,11 @@ def mutate(data: bytes, chooser: Chooser) -> tuple[bytes, list[str]]:
 def seed_streams() -> dict[str, bytes]:
     """Valid streams the cases start from: the golden ones (uniform and constant models
     only) and synthetic 16x12 ones whose streams get categorical tables (image, coder 1),
-    geometric models (video P-frames, coder 1), and peaked and binned models (coder 2,
-    "-v2"), so that every descriptor field is reached."""
+    geometric models (video P-frames, coder 1), peaked and binned models (coder 2,
+    "-v2") and position codes with raw fields (coder 3, "-v3"), so that every
+    descriptor field is reached."""
     seeds = {name: path.read_bytes() for name, path in GOLDEN.items()}
-    for coder, suffix in ((CODER_RANGE_V1, "-rich"), (CODER_RANGE_V2, "-v2")):
+    for coder, suffix in ((CODER_RANGE_V1, "-rich"), (CODER_RANGE_V2, "-v2"), (CODER_RANGE_V3, "-v3")):
         rng = np.random.default_rng(2024)
         layers = [_synthetic_layer(rng, 120), _synthetic_layer(rng, 40)]
         seeds["image" + suffix] = _image_stream(layers, coder)

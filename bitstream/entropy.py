@@ -61,7 +61,9 @@ np = _LazyNumpy()
 CODER_RANGE_V1 = 1
 #: coder 2: table-free models (peaked, binned); FORMAT.md section 4.2
 CODER_RANGE_V2 = 2
-CODERS = (CODER_RANGE_V1, CODER_RANGE_V2)
+#: coder 3: coder 2's models, positions coded as a point set (gaps, raw bits); FORMAT.md 4.3
+CODER_RANGE_V3 = 3
+CODERS = (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3)
 
 MODEL_CATEGORICAL = 0
 MODEL_UNIFORM = 1
@@ -85,7 +87,12 @@ ALPHABET_RANGES = {
 CODER_MODELS = {
     CODER_RANGE_V1: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_CATEGORICAL, MODEL_GEOMETRIC),
     CODER_RANGE_V2: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED),
+    CODER_RANGE_V3: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED),
 }
+#: raw fields (coder 3) are coded in pieces of at most this many bits, each with
+#: ``Uniform(2^w)``; a field is at most RAW_MAX_WIDTH bits wide
+RAW_PIECE = 16
+RAW_MAX_WIDTH = 62
 #: coded symbols (value - min_symbol) and the values themselves are int32
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 #: bytes of the longest count-table varint (MAX_SYMBOL_COUNT < 2**35)
@@ -125,6 +132,23 @@ def write_svarints(values) -> bytes:
     if values.size and (values.min() < INT32_MIN or values.max() > INT32_MAX):
         raise ValueError("a signed varint must fit in int32")
     return _write_uvarints((values << 1) ^ (values >> 63))
+
+
+def write_uvarints(values) -> bytes:
+    """Unsigned integers (each in [0, 2**35)) as LEB128 varints, back to back."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() >= 1 << 35):
+        raise ValueError("an unsigned varint must lie in [0, 2**35)")
+    return _write_uvarints(values)
+
+
+def read_uvarints(payload: bytes, pos: int, n: int, what: str) -> tuple[np.ndarray, int]:
+    """``n`` LEB128 varints (``write_uvarints``) from ``payload[pos:]``: int64 values,
+    end position; a short or overlong field is a StreamError naming ``what``."""
+    try:
+        return _read_uvarints(payload, pos, n)
+    except StreamError:
+        raise StreamError(f"corrupt stream: {what} runs past the end of its chunk or is too long") from None
 
 
 def read_svarints(payload: bytes, pos: int, n: int, what: str) -> tuple[np.ndarray, int]:
@@ -441,16 +465,35 @@ def _choose_model_v2(symbols: np.ndarray) -> _Model:
     return best
 
 
-def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: int = CODER_RANGE_V1) -> bytes:
+def _raw_pieces(values: np.ndarray, widths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Raw fields as coded: piece k of every field wider than 16 k bits (its bits
+    16 k .. 16 k + 15, fewer in its last piece), k = 0, 1, ...: [(bits, widths)]."""
+    pieces = []
+    k = 0
+    while True:
+        sel = widths > RAW_PIECE * k
+        if not sel.any():
+            return pieces
+        w = np.minimum(widths[sel] - RAW_PIECE * k, RAW_PIECE)
+        pieces.append(((values[sel] >> (RAW_PIECE * k)) & ((1 << w) - 1), w))
+        k += 1
+
+
+def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: int = CODER_RANGE_V1,
+                   raw: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
     """Code integer arrays into one payload: model descriptors, then coded words.
 
     Lengths are not stored: the reader passes them to ``decode_streams``.
     ``coder`` picks the models the encoder may choose (CODER_MODELS). With coder 1,
     ``geometric`` lets it pick the geometric model (video streams only: coder-1 image
-    streams never use it, so their bytes stay as they were).
+    streams never use it, so their bytes stay as they were). ``raw`` (coder 3): fields
+    (values, widths) coded after the streams as plain bits, 0 <= value < 2^width,
+    0 <= width <= 62; their widths are not stored (the reader derives them).
     """
     if coder not in CODERS:
         raise ValueError(f"unknown coder {coder}")
+    if raw is not None and coder != CODER_RANGE_V3:
+        raise ValueError(f"coder {coder} has no raw fields")
     import constriction
 
     RangeEncoder = constriction.stream.queue.RangeEncoder
@@ -461,17 +504,31 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: in
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
         if symbols.size == 0:  # nothing to code, no descriptor (the reader knows the length)
             continue
-        m = _choose_model_v2(symbols) if coder == CODER_RANGE_V2 else _choose_model(symbols, geometric)
+        m = _choose_model(symbols, geometric) if coder == CODER_RANGE_V1 else _choose_model_v2(symbols)
         head.write(m.descriptor())
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
+    if raw is not None:
+        values, widths = (np.asarray(v, dtype=np.int64).ravel() for v in raw)
+        if values.shape != widths.shape:
+            raise ValueError("raw fields need one width each")
+        if widths.size and (widths.min() < 0 or widths.max() > RAW_MAX_WIDTH):
+            raise ValueError(f"raw field widths lie in [0, {RAW_MAX_WIDTH}]")
+        if values.size and (values.min() < 0 or np.any(values >> widths)):
+            raise ValueError("a raw field does not fit its width")
+        uniform = constriction.stream.model.Uniform()
+        for bits, w in _raw_pieces(values, widths):
+            encoder.encode(bits.astype(np.int32), uniform, (1 << w).astype(np.int32))
     words = encoder.get_compressed().astype(">u4")
     return head.getvalue() + struct.pack(">I", words.size) + words.tobytes()
 
 
-def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
+def decode_streams(payload: bytes, lengths: list[int], raw_widths=None) -> list[np.ndarray]:
     """Inverse of ``encode_streams``; returns int64 arrays of the given lengths.
 
+    ``raw_widths`` (coder 3 payloads with raw fields): called with the decoded streams,
+    returns the raw fields' widths (int64, each in [0, 62]: it raises StreamError on
+    streams that imply others); the raw values are then appended to the result.
     Every descriptor field is range-checked before anything is allocated for it, and
     any error of the entropy decoder becomes a StreamError.
     """
@@ -484,7 +541,7 @@ def decode_streams(payload: bytes, lengths: list[int]) -> list[np.ndarray]:
         model, pos = _read_model(payload, pos)
         models.append(model)
     words = _read_words(payload, pos)
-    return _entropy_decode(models, lengths, words)
+    return _entropy_decode(models, lengths, words, raw_widths)
 
 
 def _unpack(fmt: str, payload: bytes, pos: int, what: str) -> tuple[tuple, int]:
@@ -542,13 +599,40 @@ def _read_words(payload: bytes, pos: int) -> np.ndarray:
     return np.frombuffer(payload, dtype=">u4", offset=pos).astype(np.uint32)
 
 
-def _entropy_decode(models: list[_Model], lengths: list[int], words: np.ndarray) -> list[np.ndarray]:
-    """Decode every stream; whatever constriction raises becomes a StreamError."""
+def _decode_raw(decoder, widths: np.ndarray) -> np.ndarray:
+    """Raw fields of ``widths`` (the inverse of ``_raw_pieces``)."""
+    import constriction
+
+    uniform = constriction.stream.model.Uniform()
+    values = np.zeros(widths.size, dtype=np.int64)
+    k = 0
+    while True:
+        sel = widths > RAW_PIECE * k
+        if not sel.any():
+            return values
+        w = np.minimum(widths[sel] - RAW_PIECE * k, RAW_PIECE)
+        bits = decoder.decode(uniform, (1 << w).astype(np.int32)).astype(np.int64)
+        values[sel] |= bits << (RAW_PIECE * k)
+        k += 1
+
+
+def _entropy_decode(models: list[_Model], lengths: list[int], words: np.ndarray,
+                    raw_widths=None) -> list[np.ndarray]:
+    """Decode every stream (then the raw fields); whatever constriction raises becomes a
+    StreamError."""
     import constriction
 
     try:
         decoder = constriction.stream.queue.RangeDecoder(words)
-        return [m.decode(decoder, n) for m, n in zip(models, lengths)]
+        streams = [m.decode(decoder, n) for m, n in zip(models, lengths)]
+        if raw_widths is None:
+            return streams
+        widths = np.asarray(raw_widths(streams), dtype=np.int64)
+        if widths.size and (widths.min() < 0 or widths.max() > RAW_MAX_WIDTH):
+            raise StreamError(f"corrupt stream: a raw field is wider than {RAW_MAX_WIDTH} bits")
+        return streams + [_decode_raw(decoder, widths)]
+    except StreamError:
+        raise
     except MemoryError:  # not the stream's fault: let it through
         raise
     except Exception as e:  # constriction: AssertionError (invalid data), ValueError (model)

@@ -51,7 +51,7 @@ import torch
 from bitstream.entropy import peaked_code_lengths
 
 from .colour_solve import objective_weights
-from .layer_codec import _intra_streams, colour_streams, sort_intra
+from .layer_codec import colour_streams, position_bits
 from .model import GaussianLayer
 from .params import dequantize_array
 from .quantize import dequantize, quantize_ints
@@ -249,14 +249,13 @@ class _Layer:
     def fixed_bits(self, coder: int) -> np.ndarray:  # [N] float64
         """Each Gaussian's bits besides its colours, as far as dropping it saves them:
         its a, b, r under their streams' peaked models, and the layer's mean bits of a
-        position (the sorted positions' dy and x streams, over the kept Gaussians).
+        position (``layer_codec.position_bits`` of the kept Gaussians).
         Intra layers only."""
         bits = np.zeros(len(self.q))
         kept = self.q[self.keep]
         if len(kept) < 2:
             return bits
-        streams = _intra_streams(sort_intra(kept), coder)
-        position = sum(_lengths(x).sum() for x in streams[:2]) / len(kept)
+        position = position_bits(kept, coder) / len(kept)
         for j in range(2, 5):
             lo, table = peaked_code_lengths(kept[:, j])
             if table.size > 1:
@@ -297,11 +296,6 @@ class _Layer:
                 tables[g, j, : bits.size] = bits
                 los[g, j] = lo
         return los, tables
-
-
-def _lengths(values: np.ndarray) -> np.ndarray:  # [N] -> [N] bits
-    lo, table = peaked_code_lengths(values)
-    return table[values - lo] if table.size > 1 else np.zeros(len(values))
 
 
 def _colour_transform(coder: int) -> np.ndarray:  # [S, 3] int64

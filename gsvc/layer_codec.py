@@ -7,7 +7,10 @@ symbol streams of a layer chunk's payload (FORMAT.md sections 3 and 7):
 * **intra** (images, video I-frames): Gaussians sorted by (q_y, q_x); streams
   dy, x, a, b, r, then the colours: red, green, blue with coder 1; green, red - green,
   blue - green with coder 2 (the channels of a Gaussian move together: the differences
-  cost 4-7 bits per Gaussian less on Kodak).
+  cost 4-7 bits per Gaussian less on Kodak). Coder 3 codes the positions as a point
+  set instead of dy and x (``PositionCode``: rows of 2^s position steps, the gaps
+  between successive Gaussians in (row, x) order as a bit length and raw bits), then
+  a, b, r and the colours as coder 2.
 * **predicted** (video P-frames): given the same layer of the previous decoded frame
   (M Gaussians), a keep flag per reference Gaussian, the differences of the K kept
   ones (reference order), then N - K new Gaussians coded as an intra layer. The
@@ -30,11 +33,21 @@ import numpy as np
 
 from bitstream import StreamError, decode_streams, encode_streams
 from bitstream.container import check_range
-from bitstream.entropy import CODER_RANGE_V1, CODER_RANGE_V2, read_svarints, write_svarints
+from bitstream.entropy import (
+    CODER_RANGE_V1,
+    CODER_RANGE_V2,
+    CODER_RANGE_V3,
+    INT32_MAX,
+    INT32_MIN,
+    read_svarints,
+    read_uvarints,
+    write_svarints,
+    write_uvarints,
+)
 
 NPARAMS = 8
-#: the coder new streams are written with (coder-1 streams keep decoding)
-DEFAULT_CODER = CODER_RANGE_V2
+#: the coder new streams are written with (coder-1 and coder-2 streams keep decoding)
+DEFAULT_CODER = CODER_RANGE_V3
 
 
 def sort_intra(q: np.ndarray) -> np.ndarray:  # [N, 8] -> [N, 8]
@@ -69,14 +82,165 @@ def _from_intra_streams(streams: list[np.ndarray], coder: int = CODER_RANGE_V1) 
     return np.stack(columns, axis=1).reshape(-1, NPARAMS)
 
 
+#: row heights coder 3's encoder tries, as log2 of position steps (32: one row, always
+#: possible); the cheapest is written
+ROW_SHIFTS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 32)
+#: the largest row shift a reader accepts
+MAX_ROW_SHIFT = 32
+#: cells of a position code's grid (rows x span) stay below this (positions are int32)
+MAX_CELLS = 1 << 47
+_POW2 = np.left_shift(1, np.arange(63, dtype=np.int64))  # 2^0 .. 2^62
+
+
+def bit_lengths(v: np.ndarray) -> np.ndarray:  # [N] int64 >= 0 -> [N] int64
+    """Python's int.bit_length of each value (0 for 0), exactly."""
+    return np.searchsorted(_POW2, np.asarray(v, dtype=np.int64), side="right").astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PositionCode:
+    """A layer's positions as coder 3 codes them (FORMAT.md section 3.1): a point set.
+
+    Rows are 2^shift position steps high, counted from ``y0``; a Gaussian's cell is
+    c = row * span + (q_x - x0). Sorted by (c, y in its row), the gaps g_i = c_i -
+    c_(i-1) (c_(-1) = 0) are coded as their bit lengths (a modelled stream) and their
+    bits below the top one (raw), the y in the row as ``shift`` raw bits. Where
+    Gaussians are dense the gaps are short: the code follows the picture's density,
+    which a sorted (dy, x) pair of streams cannot (about 1 bit a Gaussian less on
+    Kodak's enhancement layers)."""
+
+    shift: int
+    x0: int
+    y0: int
+    span: int
+    order: np.ndarray  # [N] coding order of the layer's Gaussians
+    classes: np.ndarray  # [N] bit lengths of the gaps
+    raw_values: np.ndarray  # [2N] y in the row, then the gaps' low bits
+    raw_widths: np.ndarray  # [2N]
+
+    def prefix(self) -> bytes:
+        return bytes([self.shift]) + write_svarints([self.x0, self.y0]) + write_uvarints([self.span - 1])
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, shift: int) -> "PositionCode | None":  # [N], [N]
+        """The code of positions (x, y) with rows of 2^shift steps (None: too many cells)."""
+        x0, y0 = int(x.min()), int(y.min())
+        span = int(x.max()) - x0 + 1
+        row = (y - y0) >> shift
+        if (int(row.max()) + 1) * span >= MAX_CELLS:
+            return None
+        cell = row * span + (x - x0)
+        within = (y - y0) - (row << shift)
+        order = np.lexsort((within, cell))
+        gaps = np.diff(cell[order], prepend=0)
+        classes = bit_lengths(gaps)
+        top = np.where(classes > 0, _POW2[np.maximum(classes - 1, 0)], 0)
+        raw_values = np.concatenate([within[order], gaps - top])
+        raw_widths = np.concatenate([np.full(len(x), shift), np.maximum(classes - 1, 0)])
+        return cls(shift, x0, y0, span, order, classes, raw_values, raw_widths)
+
+    def bits(self) -> float:
+        """Bits of the code: its classes coded alone (descriptor included), raw bits and prefix."""
+        from bitstream import encode_streams
+
+        modelled = 8 * (len(encode_streams([self.classes], coder=CODER_RANGE_V3)) - 4)
+        return modelled + float(self.raw_widths.sum()) + 8 * len(self.prefix())
+
+
+def position_code(q: np.ndarray) -> PositionCode:  # [N >= 1, 8]
+    """The cheapest position code of a layer over ``ROW_SHIFTS``."""
+    x, y = q[:, 0], q[:, 1]
+    codes = [c for c in (PositionCode.of(x, y, s) for s in ROW_SHIFTS) if c is not None]
+    return min(codes, key=PositionCode.bits)
+
+
+def read_position_prefix(payload: bytes, pos: int) -> tuple[tuple[int, int, int, int], int]:
+    """(shift, x0, y0, span) of a coder-3 position code at ``payload[pos:]``, checked,
+    and the position after it."""
+    if pos >= len(payload):
+        raise StreamError("corrupt stream: a position code runs past the end of its chunk")
+    shift = payload[pos]
+    check_range("row shift of a position code", shift, 0, MAX_ROW_SHIFT)
+    (x0, y0), end = read_svarints(payload, pos + 1, 2, "the position code of a layer")
+    (span1,), end = read_uvarints(payload, end, 1, "the position code of a layer")
+    check_range("x origin of a position code", int(x0), INT32_MIN, INT32_MAX)
+    check_range("y origin of a position code", int(y0), INT32_MIN, INT32_MAX)
+    check_range("span of a position code", int(span1) + 1, 1, 1 << 32)
+    return (shift, int(x0), int(y0), int(span1) + 1), end
+
+
+def position_raw_widths(classes: np.ndarray, shift: int) -> np.ndarray:  # [N] -> [2N]
+    """Widths of a position code's raw fields, from its decoded classes (checked)."""
+    if classes.size and (classes.min() < 0 or classes.max() > 62):
+        raise StreamError("corrupt stream: a position gap is longer than 62 bits")
+    return np.concatenate([np.full(classes.size, shift), np.maximum(classes - 1, 0)])
+
+
+def positions_from_code(head: tuple[int, int, int, int], classes: np.ndarray,
+                        raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # -> x [N], y [N]
+    """The positions a coder-3 position code describes, in its order (checked)."""
+    shift, x0, y0, span = head
+    n = classes.size
+    within, low = raw[:n], raw[n:]
+    gaps = np.where(classes > 0, _POW2[np.maximum(classes - 1, 0)], 0) + low
+    if float(gaps.sum(dtype=np.float64)) >= MAX_CELLS:
+        raise StreamError("corrupt stream: a position code leaves its grid")
+    cell = np.cumsum(gaps)
+    row = cell // span
+    x = x0 + (cell - row * span)
+    y = y0 + (row << shift) + within
+    if n and (int(x.max()) > INT32_MAX or int(y.max()) > INT32_MAX):
+        raise StreamError("corrupt stream: a position code leaves the 32-bit range")
+    return x, y
+
+
+def _encode_intra_v3(q: np.ndarray) -> tuple[bytes, list[np.ndarray], tuple, np.ndarray]:
+    """Coder 3's intra layer: (position prefix, modelled streams, raw fields, q in coding
+    order); an empty layer codes nothing."""
+    if len(q) == 0:
+        return b"", [], (np.zeros(0, np.int64), np.zeros(0, np.int64)), q
+    code = position_code(q)
+    q = q[code.order]
+    streams = [code.classes] + _intra_streams(q, CODER_RANGE_V2)[2:]
+    return code.prefix(), streams, (code.raw_values, code.raw_widths), q
+
+
+def _decode_intra_v3(head, streams: list[np.ndarray], raw: np.ndarray) -> np.ndarray:  # -> [N, 8]
+    classes, a, b, r, *colours = streams
+    x, y = positions_from_code(head, classes, raw)
+    columns = [x, y, a, b, r] + _from_colour_streams(colours, CODER_RANGE_V2)
+    return np.stack(columns, axis=1).reshape(-1, NPARAMS)
+
+
+def position_bits(q: np.ndarray, coder: int) -> float:  # [N, 8] -> bits of all positions
+    """Bits a layer's positions cost under ``coder`` (its position streams coded alone)."""
+    from bitstream import encode_streams
+
+    if len(q) == 0:
+        return 0.0
+    if coder == CODER_RANGE_V3:
+        return position_code(q).bits()
+    streams = _intra_streams(sort_intra(q), coder)[:2]
+    return float(sum(8 * (len(encode_streams([s], coder=coder)) - 4) for s in streams))
+
+
 def encode_intra(q: np.ndarray, coder: int, geometric: bool = False) -> tuple[bytes, np.ndarray]:
     """Payload of an intra layer and the decoder's view (``q`` sorted). ``geometric``:
     coder 1 may use its geometric model (video streams)."""
-    q = sort_intra(np.asarray(q, dtype=np.int64).reshape(-1, NPARAMS))
+    q = np.asarray(q, dtype=np.int64).reshape(-1, NPARAMS)
+    if coder == CODER_RANGE_V3:
+        prefix, streams, raw, q = _encode_intra_v3(q)
+        return prefix + encode_streams(streams, coder=coder, raw=raw), q
+    q = sort_intra(q)
     return encode_streams(_intra_streams(q, coder), geometric=geometric, coder=coder), q
 
 
 def decode_intra(payload: bytes, count: int, coder: int) -> np.ndarray:  # -> [count, 8]
+    if coder == CODER_RANGE_V3:
+        head, pos = read_position_prefix(payload, 0)
+        *streams, raw = decode_streams(payload[pos:], [count] * (NPARAMS - 1),
+                                       raw_widths=lambda s: position_raw_widths(s[0], head[0]))
+        return _decode_intra_v3(head, streams, raw)
     return _from_intra_streams(decode_streams(payload, [count] * NPARAMS), coder)
 
 
@@ -158,11 +322,18 @@ def encode_predicted(
     keep = np.asarray(keep, dtype=bool)
     assert keep.shape == (reference.shape[0],) and kept.shape == (int(keep.sum()), NPARAMS), (
         keep.shape, kept.shape, reference.shape)
-    new = sort_intra(np.asarray(new, dtype=np.int64).reshape(-1, NPARAMS))
+    new = np.asarray(new, dtype=np.int64).reshape(-1, NPARAMS)
     diff = kept - reference[keep]
     diff_streams = [diff[:, j] for j in range(5)] + colour_streams(diff, coder)
+    head = struct.pack(">I", kept.shape[0])
+    if coder == CODER_RANGE_V3:
+        prefix, new_streams, raw, new = _encode_intra_v3(new)
+        streams = [keep.astype(np.int64)] + diff_streams + new_streams
+        payload = head + prefix + encode_streams(streams, coder=coder, raw=raw)
+        return payload, np.concatenate([kept, new], axis=0)
+    new = sort_intra(new)
     streams = [keep.astype(np.int64)] + diff_streams + _intra_streams(new, coder)
-    payload = struct.pack(">I", kept.shape[0]) + encode_streams(streams, geometric=True, coder=coder)
+    payload = head + encode_streams(streams, geometric=True, coder=coder)
     return payload, np.concatenate([kept, new], axis=0)
 
 
@@ -188,14 +359,24 @@ def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: in
     (k,) = struct.unpack_from(">I", payload, 0)
     m = reference.shape[0]
     check_range("kept Gaussians of a predicted layer", k, 0, min(m, count))  # before any stream is decoded
-    lengths = [m] + [k] * NPARAMS + [count - k] * NPARAMS
-    streams = decode_streams(payload[4:], lengths)
+    if coder == CODER_RANGE_V3:
+        pos, head, fresh = 4, None, count - k
+        if fresh:
+            head, pos = read_position_prefix(payload, 4)
+        lengths = [m] + [k] * NPARAMS + [fresh] * (NPARAMS - 1)
+        widths = (lambda s: position_raw_widths(s[1 + NPARAMS], head[0])) if fresh else (lambda s: [])
+        *streams, raw = decode_streams(payload[pos:], lengths, raw_widths=widths)
+        new = (_decode_intra_v3(head, streams[1 + NPARAMS :], raw) if fresh
+               else np.zeros((0, NPARAMS), dtype=np.int64))
+    else:
+        lengths = [m] + [k] * NPARAMS + [count - k] * NPARAMS
+        streams = decode_streams(payload[4:], lengths)
+        new = _from_intra_streams(streams[1 + NPARAMS :], coder)
     keep = streams[0]
     if np.any((keep != 0) & (keep != 1)) or int(keep.sum()) != k:
         raise StreamError("corrupt stream: keep flags disagree with the kept count")
     diff_streams = streams[1:6] + _from_colour_streams(streams[6 : 1 + NPARAMS], coder)
     diff = np.stack(diff_streams, axis=1).reshape(-1, NPARAMS)
-    new = _from_intra_streams(streams[1 + NPARAMS :], coder)
     return PredictedParts(reference, keep.astype(bool), diff, new)
 
 

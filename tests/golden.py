@@ -1,9 +1,10 @@
 """The golden stream's content, shared by its test and the script that (re)makes it.
 
-Run `python tests/golden.py` only on a deliberate format change; it rewrites
-tests/data/tiny*.gsv and tiny*.png. Each stream exists once per entropy coder: coder 1
-(tiny.gsv, tiny_video.gsv, pinned since the first release) and coder 2 (tiny_v2.gsv,
-tiny_video_v2.gsv).
+Run `python tests/golden.py [CODER ...]` only on a deliberate format change; it
+rewrites tests/data/tiny*.gsv and tiny*.png (those of the coders named; all without).
+Each stream exists once per entropy coder: coder 1 (tiny.gsv, tiny_video.gsv, pinned
+since the first release), coder 2 (tiny_v2.gsv, tiny_video_v2.gsv) and coder 3
+(tiny_v3.gsv, tiny_video_v3.gsv).
 """
 from pathlib import Path
 
@@ -16,7 +17,8 @@ DATA = Path(__file__).resolve().parent / "data"
 #: the steps the golden streams were made with (QuantSettings' defaults of the first release)
 STEPS = QuantSettings(position_step=1 / 16, log_scale_step=1 / 32, shear_step=1 / 32).steps()
 #: coder id -> (image stream, video stream) file names
-FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gsv")}
+FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gsv"),
+         3: ("tiny_v3.gsv", "tiny_video_v3.gsv")}
 #: a video whose P-frames move their layers (reference 2, FORMAT.md section 7.4), coder 2
 MOVED = "tiny_video_moved.gsv"
 
@@ -124,13 +126,18 @@ def tiny_video_moved() -> bytes:
 
 
 if __name__ == "__main__":
+    import sys
+
     import numpy as np
 
     from gsvc.codec import decode_image, decode_video, encode_model
     from gsvc.media import write_image
 
     DATA.mkdir(exist_ok=True)
+    chosen = [int(c) for c in sys.argv[1:]] or list(FILES)
     for coder, (image_name, video_name) in FILES.items():
+        if coder not in chosen:
+            continue
         data, _ = encode_model(tiny_model(), STEPS, coder)
         (DATA / image_name).write_bytes(data)
         write_image(DATA / image_name.replace(".gsv", ".png"), decode_image(data, backend="torch"))
@@ -140,6 +147,8 @@ if __name__ == "__main__":
         frames = np.concatenate(decode_video(video, backend="torch"), axis=0)
         write_image(DATA / video_name.replace(".gsv", ".png"), frames)
         print(f"wrote {DATA / video_name} ({len(video)} bytes) and its .png (frames stacked)")
+    if 2 not in chosen:
+        sys.exit(0)
     moved = tiny_video_moved()
     (DATA / MOVED).write_bytes(moved)
     write_image(DATA / MOVED.replace(".gsv", ".png"), np.concatenate(decode_video(moved, backend="torch"), axis=0))

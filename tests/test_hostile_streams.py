@@ -391,16 +391,16 @@ def fuzz_one(base: str, data) -> None:
     assert outcome in (DECODED, CLEAN), (case.mutations, case.layers, case.scale, detail)
 
 
-# 3 x 450 image and 4 x 250 video cases (a video case decodes up to 3 frames)
-@pytest.mark.parametrize("base", ["image", "image-rich", "image-v2"])
-@settings(max_examples=450, **FUZZ)
+# 4 x 340 image and 5 x 200 video cases (a video case decodes up to 3 frames)
+@pytest.mark.parametrize("base", ["image", "image-rich", "image-v2", "image-v3"])
+@settings(max_examples=340, **FUZZ)
 @given(data=st.data())
 def test_structure_aware_fuzz_images(base, data):
     fuzz_one(base, data)
 
 
-@pytest.mark.parametrize("base", ["video", "video-rich", "video-v2", "video-moved"])
-@settings(max_examples=250, **FUZZ)
+@pytest.mark.parametrize("base", ["video", "video-rich", "video-v2", "video-v3", "video-moved"])
+@settings(max_examples=200, **FUZZ)
 @given(data=st.data())
 def test_structure_aware_fuzz_videos(base, data):
     fuzz_one(base, data)
