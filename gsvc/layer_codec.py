@@ -146,12 +146,35 @@ class PositionCode:
         modelled = 8 * (len(encode_streams([self.classes], coder=CODER_RANGE_V3)) - 4)
         return modelled + float(self.raw_widths.sum()) + 8 * len(self.prefix())
 
+    def estimate(self) -> float:
+        """``bits`` without coding or prefix (the same for every row height): the
+        classes' empirical entropy and the raw bits."""
+        return _estimate(self.classes, self.shift)
+
+
+def _estimate(classes: np.ndarray, shift: int) -> float:  # [N] -> bits
+    counts = np.bincount(classes)
+    counts = counts[counts > 0]
+    entropy = -float((counts * np.log2(counts / classes.size)).sum())
+    return entropy + float(np.maximum(classes - 1, 0).sum()) + shift * classes.size
+
 
 def position_code(q: np.ndarray) -> PositionCode:  # [N >= 1, 8]
-    """The cheapest position code of a layer over ``ROW_SHIFTS``."""
+    """The position code of a layer whose row height (over ``ROW_SHIFTS``) gives the
+    shortest ``PositionCode.estimate`` (coding each would make the layer's coding ~10x
+    slower, and rate control codes layers many times). The estimate needs only the
+    sorted cells, so only the chosen code is built."""
     x, y = q[:, 0], q[:, 1]
-    codes = [c for c in (PositionCode.of(x, y, s) for s in ROW_SHIFTS) if c is not None]
-    return min(codes, key=PositionCode.bits)
+    x0, y0 = int(x.min()), int(y.min())
+    span = int(x.max()) - x0 + 1
+    best = (math.inf, ROW_SHIFTS[-1])
+    for shift in ROW_SHIFTS:
+        row = (y - y0) >> shift
+        if (int(row.max()) + 1) * span >= MAX_CELLS:
+            continue
+        cells = np.sort(row * span + (x - x0))
+        best = min(best, (_estimate(bit_lengths(np.diff(cells, prepend=0)), shift), shift))
+    return PositionCode.of(x, y, best[1])
 
 
 def read_position_prefix(payload: bytes, pos: int) -> tuple[tuple[int, int, int, int], int]:
