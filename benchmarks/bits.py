@@ -39,8 +39,8 @@ def _stream_bytes(symbols: np.ndarray, coder: int) -> int:
 def layer_bits(q: np.ndarray, coder: int) -> dict[str, float]:
     """Bits of each stream and of the whole layer payload, for integers q [N, 8]."""
     if coder == CODER_RANGE_V3:
-        out = layer_bits(q, CODER_RANGE_V2)
-        del out["dy"], out["x"]
+        values = _intra_streams(q, CODER_RANGE_V2)[2:]
+        out = {name: 8.0 * _stream_bytes(s, coder) for name, s in zip(STREAMS[CODER_RANGE_V2][2:], values)}
         out["position set"] = position_bits(q, coder)
         out["total"] = 8.0 * len(encode_intra(q, coder)[0])
         return out

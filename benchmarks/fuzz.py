@@ -175,20 +175,47 @@ def _layer_fields(payload: bytes, state: dict) -> list[Field]:
         more, pos = _position_fields(payload, pos)
         fields += more
     state[layer] = count
-    return fields + _entropy_fields(payload, pos, lengths)
+    return fields + _entropy_fields(payload, pos, lengths, coder == CODER_RANGE_V3)
 
 
-def _entropy_fields(payload: bytes, pos: int, lengths: list[int]) -> list[Field]:
-    """Fields of the streams payload at ``pos``: descriptors, count tables, word count, words."""
+def _compact_head(payload: bytes, pos: int) -> tuple[int, int, list[Field], int]:
+    """kind, size, fields and end of a coder-3 descriptor's head (varints, FORMAT.md 4.3)."""
+    fields = [Field("model.kind", "model-kind", pos, ">B"), Field("model.min", "model-min", pos + 1, VARINT)]
+    kind = payload[pos]
+    _, pos = _varint_at(payload, pos + 1)
+    fields.append(Field("model.size", "model-size", pos, VARINT))
+    size, pos = _varint_at(payload, pos)
+    return kind, size, fields, pos
+
+
+def _entropy_fields(payload: bytes, pos: int, lengths: list[int], compact: bool = False) -> list[Field]:
+    """Fields of the streams payload at ``pos``: descriptors, count tables, word count,
+    words (``compact``: coder 3's descriptors)."""
     fields = []
     for n in lengths:
         if n == 0:
             continue
-        kind, _, size = struct.unpack_from(">BiI", payload, pos)
-        fields += [Field("model.kind", "model-kind", pos, ">B"), Field("model.min", "model-min", pos + 1, ">i"),
-                   Field("model.size", "model-size", pos + 5, ">I")]
-        pos += 9
-        if kind == MODEL_CATEGORICAL:
+        if compact:
+            kind, size, head, pos = _compact_head(payload, pos)
+            fields += head
+        else:
+            kind, _, size = struct.unpack_from(">BiI", payload, pos)
+            fields += [Field("model.kind", "model-kind", pos, ">B"), Field("model.min", "model-min", pos + 1, ">i"),
+                       Field("model.size", "model-size", pos + 5, ">I")]
+            pos += 9
+        if compact and kind == MODEL_PEAKED:
+            fields.append(Field("model.mode", "peaked", pos, VARINT))
+            _, pos = _varint_at(payload, pos)
+            fields += [Field(f"model.{name}", "peaked", pos + 2 * i, ">H")
+                       for i, name in enumerate(("centre", "left", "left_theta", "right_theta"))]
+            pos += 8
+        elif compact and kind == MODEL_BINNED:
+            fields.append(Field("model.width", "binned", pos, VARINT))
+            width, pos = _varint_at(payload, pos)
+            for _ in range(-(-size // max(width, 1))):
+                fields.append(Field("model.bin", "bin-table", pos, VARINT))
+                _, pos = _varint_at(payload, pos)
+        elif kind == MODEL_CATEGORICAL:
             for _ in range(size):
                 fields.append(Field("model.count", "count-table", pos, VARINT))
                 _, pos = _varint_at(payload, pos)
@@ -371,9 +398,10 @@ def _consistent_size(pieces: list[Piece], chooser: Chooser) -> bool:
 
 
 def _resize_count_table(pieces: list[Piece], chooser: Chooser) -> bool:
-    """A categorical table grown or shrunk together with its size field: a valid shape, odd content."""
+    """A categorical table grown or shrunk together with its size field: a valid shape, odd
+    content (fixed-size descriptors: coder 3's encoder writes no categorical model)."""
     tables = [(p, f) for p, f in _fields_of_kind(pieces, "model-size")
-              if p.payload[f.offset - 5] == MODEL_CATEGORICAL]
+              if f.fmt == ">I" and p.payload[f.offset - 5] == MODEL_CATEGORICAL]
     if not tables:
         return False
     piece, f = pick(chooser, tables)

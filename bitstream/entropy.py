@@ -284,18 +284,24 @@ class _Model:
             return model.Uniform(self.size)
         return model.Categorical(self.probabilities(), perfect=False)
 
-    def descriptor(self) -> bytes:
-        """The model descriptor (FORMAT.md, section 4)."""
-        out = struct.pack(">BiI", self.kind, self.min_symbol, self.size)
+    def descriptor(self, compact: bool = False) -> bytes:
+        """The model descriptor (FORMAT.md, section 4); ``compact``: coder 3's, whose
+        integers are varints (section 4.3)."""
+        if compact:
+            out = bytes([self.kind]) + write_svarints([self.min_symbol]) + _write_uvarints([self.size])
+        else:
+            out = struct.pack(">BiI", self.kind, self.min_symbol, self.size)
         if self.kind == MODEL_CATEGORICAL:
             out += _write_uvarints(self.counts)
         elif self.kind == MODEL_GEOMETRIC:
             out += struct.pack(">HH", self.theta_code, self.centre_code)
         elif self.kind == MODEL_PEAKED:
-            out += struct.pack(">iHHHH", self.mode, self.centre_code, self.left_code, self.left_theta,
-                               self.right_theta)
+            codes = struct.pack(">HHHH", self.centre_code, self.left_code, self.left_theta, self.right_theta)
+            mode = _write_uvarints([self.mode - self.min_symbol]) if compact else struct.pack(">i", self.mode)
+            out += mode + codes
         elif self.kind == MODEL_BINNED:
-            out += struct.pack(">I", self.width) + _write_uvarints(self.counts)
+            out += (_write_uvarints([self.width]) if compact else struct.pack(">I", self.width))
+            out += _write_uvarints(self.counts)
         return out
 
     def decode(self, decoder, n: int) -> np.ndarray:
@@ -377,12 +383,12 @@ def _best_tail(hist: np.ndarray) -> int:
     return int(codes[int(np.argmin(bits))])
 
 
-def _model_bits(model: _Model, values: np.ndarray, counts: np.ndarray) -> float:
+def _model_bits(model: _Model, values: np.ndarray, counts: np.ndarray, compact: bool = False) -> float:
     """Bits of ``counts`` occurrences of ``values`` (offsets from min_symbol) under ``model``
-    plus its descriptor."""
+    plus its descriptor (``compact``: coder 3's)."""
     with np.errstate(divide="ignore"):
         code = -float((counts * np.log2(model.probabilities()[values])).sum())
-    return code + 8.0 * len(model.descriptor())
+    return code + 8.0 * len(model.descriptor(compact))
 
 
 def _peaked_model(counts: np.ndarray, lo: int, size: int) -> _Model:
@@ -448,18 +454,19 @@ def peaked_tail_slopes(symbols: np.ndarray) -> tuple[int, float, float]:
             -float(np.log2(model.right_theta / GEOMETRIC_ONE)))
 
 
-def _choose_model_v2(symbols: np.ndarray) -> _Model:
-    """Coder 2: the cheapest of uniform, peaked and binned (constant for one value)."""
+def _choose_model_v2(symbols: np.ndarray, compact: bool = False) -> _Model:
+    """Coders 2 and 3: the cheapest of uniform, peaked and binned (constant for one
+    value), descriptors counted as written (``compact``: coder 3's)."""
     lo, size = _alphabet(symbols)
     if size == 1:
         return _Model(MODEL_CONSTANT, lo, 1, None)
     best = _Model(MODEL_UNIFORM, lo, size, None)
     if size > MAX_TABLE_FREE_ALPHABET or symbols.size > MAX_SYMBOL_COUNT:
         return best
-    best_bits = symbols.size * np.log2(size) + 8.0 * len(best.descriptor())
+    best_bits = symbols.size * np.log2(size) + 8.0 * len(best.descriptor(compact))
     values, counts = np.unique(symbols - lo, return_counts=True)
     for model in _table_free_candidates(symbols, lo, size):
-        bits = _model_bits(model, values, counts)
+        bits = _model_bits(model, values, counts, compact)
         if bits < best_bits:
             best, best_bits = model, bits
     return best
@@ -504,8 +511,9 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: in
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
         if symbols.size == 0:  # nothing to code, no descriptor (the reader knows the length)
             continue
-        m = _choose_model(symbols, geometric) if coder == CODER_RANGE_V1 else _choose_model_v2(symbols)
-        head.write(m.descriptor())
+        compact = coder == CODER_RANGE_V3
+        m = _choose_model(symbols, geometric) if coder == CODER_RANGE_V1 else _choose_model_v2(symbols, compact)
+        head.write(m.descriptor(compact))
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
     if raw is not None:
@@ -523,12 +531,14 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: in
     return head.getvalue() + struct.pack(">I", words.size) + words.tobytes()
 
 
-def decode_streams(payload: bytes, lengths: list[int], raw_widths=None) -> list[np.ndarray]:
+def decode_streams(payload: bytes, lengths: list[int], raw_widths=None,
+                   coder: int = CODER_RANGE_V1) -> list[np.ndarray]:
     """Inverse of ``encode_streams``; returns int64 arrays of the given lengths.
 
     ``raw_widths`` (coder 3 payloads with raw fields): called with the decoded streams,
     returns the raw fields' widths (int64, each in [0, 62]: it raises StreamError on
     streams that imply others); the raw values are then appended to the result.
+    ``coder``: the stream's (coder 3 writes compact descriptors; 1 and 2 read alike).
     Every descriptor field is range-checked before anything is allocated for it, and
     any error of the entropy decoder becomes a StreamError.
     """
@@ -538,7 +548,7 @@ def decode_streams(payload: bytes, lengths: list[int], raw_widths=None) -> list[
         if n == 0:  # no descriptor, nothing coded
             models.append(_Model(MODEL_CONSTANT, 0, 1, None))
             continue
-        model, pos = _read_model(payload, pos)
+        model, pos = _read_model(payload, pos, coder == CODER_RANGE_V3)
         models.append(model)
     words = _read_words(payload, pos)
     return _entropy_decode(models, lengths, words, raw_widths)
@@ -552,9 +562,24 @@ def _unpack(fmt: str, payload: bytes, pos: int, what: str) -> tuple[tuple, int]:
     return struct.unpack_from(fmt, payload, pos), pos + size
 
 
-def _read_model(payload: bytes, pos: int) -> tuple[_Model, int]:
-    """One model descriptor at ``pos`` (FORMAT.md, section 4), checked field by field."""
-    (kind, lo, size), pos = _unpack(">BiI", payload, pos, "a model descriptor")
+def _read_compact_head(payload: bytes, pos: int) -> tuple[tuple[int, int, int], int]:
+    """kind, min_symbol and size of a compact descriptor (coder 3), range-checked as
+    the fixed fields they replace."""
+    (kind,), pos = _unpack(">B", payload, pos, "a model descriptor")
+    (lo,), pos = read_svarints(payload, pos, 1, "a model descriptor")
+    (size,), pos = read_uvarints(payload, pos, 1, "a model descriptor")
+    check_range("smallest symbol of a model", int(lo), INT32_MIN, INT32_MAX)
+    check_range("alphabet size of a model", int(size), 1, (1 << 32) - 1)
+    return (kind, int(lo), int(size)), pos
+
+
+def _read_model(payload: bytes, pos: int, compact: bool = False) -> tuple[_Model, int]:
+    """One model descriptor at ``pos`` (FORMAT.md, section 4; ``compact``: coder 3's,
+    section 4.3), checked field by field."""
+    if compact:
+        (kind, lo, size), pos = _read_compact_head(payload, pos)
+    else:
+        (kind, lo, size), pos = _unpack(">BiI", payload, pos, "a model descriptor")
     if kind not in MODELS:
         raise StreamError(f"corrupt stream: unknown entropy model {kind}")
     smallest, largest = ALPHABET_RANGES[kind]
@@ -572,7 +597,13 @@ def _read_model(payload: bytes, pos: int) -> tuple[_Model, int]:
         check_range("centre code of a geometric model", centre_code, 1, GEOMETRIC_ONE - 1)
         return _Model(kind, lo, size, None, theta_code, centre_code), pos
     if kind == MODEL_PEAKED:
-        (mode, centre, left, left_theta, right_theta), pos = _unpack(">iHHHH", payload, pos, "a model descriptor")
+        if compact:
+            (offset,), pos = read_uvarints(payload, pos, 1, "a model descriptor")
+            check_range("mode of a peaked model", int(offset), 0, size - 1)
+            (centre, left, left_theta, right_theta), pos = _unpack(">HHHH", payload, pos, "a model descriptor")
+            mode = lo + int(offset)
+        else:
+            (mode, centre, left, left_theta, right_theta), pos = _unpack(">iHHHH", payload, pos, "a model descriptor")
         check_range("mode of a peaked model", mode, lo, lo + size - 1)
         for what, code in (("centre", centre), ("left share", left), ("left theta", left_theta),
                            ("right theta", right_theta)):
@@ -580,7 +611,11 @@ def _read_model(payload: bytes, pos: int) -> tuple[_Model, int]:
         return _Model(kind, lo, size, None, centre_code=centre, mode=mode, left_code=left,
                       left_theta=left_theta, right_theta=right_theta), pos
     if kind == MODEL_BINNED:
-        (width,), pos = _unpack(">I", payload, pos, "a model descriptor")
+        if compact:
+            (width,), pos = read_uvarints(payload, pos, 1, "a model descriptor")
+            width = int(width)
+        else:
+            (width,), pos = _unpack(">I", payload, pos, "a model descriptor")
         check_range("bin width of a binned model", width, -(-size // MAX_BINS), size)
         bins, pos = _read_uvarints(payload, pos, -(-size // width))
         check_range("largest bin count of a binned model", int(bins.max()), 0, MAX_SYMBOL_COUNT)

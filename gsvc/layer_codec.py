@@ -262,7 +262,7 @@ def decode_intra(payload: bytes, count: int, coder: int) -> np.ndarray:  # -> [c
     if coder == CODER_RANGE_V3:
         head, pos = read_position_prefix(payload, 0)
         *streams, raw = decode_streams(payload[pos:], [count] * (NPARAMS - 1),
-                                       raw_widths=lambda s: position_raw_widths(s[0], head[0]))
+                                       raw_widths=lambda s: position_raw_widths(s[0], head[0]), coder=coder)
         return _decode_intra_v3(head, streams, raw)
     return _from_intra_streams(decode_streams(payload, [count] * NPARAMS), coder)
 
@@ -388,7 +388,7 @@ def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: in
             head, pos = read_position_prefix(payload, 4)
         lengths = [m] + [k] * NPARAMS + [fresh] * (NPARAMS - 1)
         widths = (lambda s: position_raw_widths(s[1 + NPARAMS], head[0])) if fresh else (lambda s: [])
-        *streams, raw = decode_streams(payload[pos:], lengths, raw_widths=widths)
+        *streams, raw = decode_streams(payload[pos:], lengths, raw_widths=widths, coder=coder)
         new = (_decode_intra_v3(head, streams[1 + NPARAMS :], raw) if fresh
                else np.zeros((0, NPARAMS), dtype=np.int64))
     else:

@@ -126,7 +126,7 @@ def test_raw_fields_round_trip_at_every_width():
     values = np.array([int(rng.integers(0, 1 << int(w))) if w else 0 for w in widths], dtype=np.int64)
     values[:RAW_MAX_WIDTH + 1] = (1 << np.arange(RAW_MAX_WIDTH + 1)) - 1  # all ones
     payload = encode_streams([np.arange(5)], coder=CODER_RANGE_V3, raw=(values, widths))
-    stream, back = decode_streams(payload, [5], raw_widths=lambda s: widths)
+    stream, back = decode_streams(payload, [5], raw_widths=lambda s: widths, coder=CODER_RANGE_V3)
     np.testing.assert_array_equal(stream, np.arange(5))
     np.testing.assert_array_equal(back, values)
     with pytest.raises(ValueError, match="does not fit"):
@@ -173,3 +173,52 @@ def test_a_predicted_layer_with_a_short_position_prefix_is_refused():
     with pytest.raises(StreamError):
         decode_predicted(payload[:6], ref, len(view), CODER_RANGE_V3)
     assert struct.unpack_from(">I", payload)[0] == 5
+
+
+def _models():
+    from bitstream.entropy import (MODEL_BINNED, MODEL_CATEGORICAL, MODEL_CONSTANT, MODEL_GEOMETRIC, MODEL_PEAKED,
+                                   MODEL_UNIFORM, _Model)
+
+    return [
+        _Model(MODEL_CONSTANT, -7, 1, None),
+        _Model(MODEL_UNIFORM, INT32_MIN, 1 << 24, None),
+        _Model(MODEL_CATEGORICAL, 3, 4, np.array([5, 0, 1, 300])),
+        _Model(MODEL_GEOMETRIC, -20, 41, None, theta_code=60000, centre_code=30000),
+        _Model(MODEL_PEAKED, INT32_MAX - 99, 100, None, centre_code=9, mode=INT32_MAX - 3, left_code=65535,
+               left_theta=1, right_theta=40000),
+        _Model(MODEL_BINNED, -1000, 5000, np.array([1, 2, 0, 4, 9]), width=1000),
+    ]
+
+
+def test_compact_descriptors_read_back_field_for_field():
+    from bitstream.entropy import _read_model
+
+    for model in _models():
+        compact = model.descriptor(compact=True)
+        back, end = _read_model(compact + b"tail", 0, compact=True)
+        assert end == len(compact)
+        assert back.descriptor(compact=True) == compact and back.descriptor() == model.descriptor()
+        if abs(model.min_symbol) < 1 << 20:  # varints: small values are what streams hold
+            assert len(compact) < len(model.descriptor())
+
+
+def test_coder_3_descriptors_are_shorter_and_stream_bytes_smaller():
+    rng = np.random.default_rng(7)
+    streams = [np.round(rng.laplace(0, 2, 300)).astype(np.int64) for _ in range(8)]
+    v2, v3 = encode_streams(streams, coder=CODER_RANGE_V2), encode_streams(streams, coder=CODER_RANGE_V3)
+    assert len(v3) <= len(v2) - 8 * 5  # >= 5 bytes a descriptor
+    for payload, coder in ((v2, CODER_RANGE_V2), (v3, CODER_RANGE_V3)):
+        for a, b in zip(streams, decode_streams(payload, [300] * 8, coder=coder)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("descriptor, match", [
+    (bytes([4]) + bytes([0x80] * 6), "model descriptor"),  # a varint that never ends
+    (bytes([4, 0, 10, 10, 0, 1, 0, 1, 0, 1, 0, 1]), "mode of a peaked model"),  # mode offset 10 of 10 values
+    (bytes([1]) + bytes.fromhex("feffffff1f") + bytes([2]), "smallest symbol"),  # min past int32
+    (bytes([5, 0, 100, 0]), "bin width"),
+    (bytes([9, 0, 4]), "unknown entropy model"),
+])
+def test_hostile_compact_descriptors(descriptor, match):
+    with pytest.raises(StreamError, match=match):
+        decode_streams(descriptor + struct.pack(">I", 0), [4], coder=CODER_RANGE_V3)

@@ -36,7 +36,9 @@ def test_a_target_smaller_than_the_header_is_refused():
 
 @pytest.mark.parametrize("targets", [(900, 1800, 3600), (2500, 4000)])
 def test_each_layer_lands_within_five_per_cent_below_its_target(picture, targets):
-    settings = EncodeSettings(gaussians=None, targets=targets, device="cpu", train=train_settings("fast", 120))
+    # the preset's own iterations: the rate weights adapt every 100 of them, so a fit of
+    # 120 can land 6-12 % under a high target on a small picture (2500 B on 128x96)
+    settings = EncodeSettings(gaussians=None, targets=targets, device="cpu", train=train_settings("fast"))
     result = encode_image(picture, settings)
     info = stream_info(result.data)
     sizes = [row["cumulative_bytes"] for row in info["layers"]]
