@@ -472,18 +472,22 @@ def _choose_model_v2(symbols: np.ndarray, compact: bool = False) -> _Model:
     return best
 
 
-def _raw_pieces(values: np.ndarray, widths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Raw fields as coded: piece k of every field wider than 16 k bits (its bits
-    16 k .. 16 k + 15, fewer in its last piece), k = 0, 1, ...: [(bits, widths)]."""
-    pieces = []
+def _piece_rounds(widths: np.ndarray):
+    """The rounds raw fields are coded in: round k codes piece k (bits 16 k .. 16 k + 15,
+    fewer in a last piece) of every field wider than 16 k bits. Yields (shift 16 k,
+    the fields' mask [N] bool, the pieces' widths [M])."""
     k = 0
     while True:
         sel = widths > RAW_PIECE * k
         if not sel.any():
-            return pieces
-        w = np.minimum(widths[sel] - RAW_PIECE * k, RAW_PIECE)
-        pieces.append(((values[sel] >> (RAW_PIECE * k)) & ((1 << w) - 1), w))
+            return
+        yield RAW_PIECE * k, sel, np.minimum(widths[sel] - RAW_PIECE * k, RAW_PIECE)
         k += 1
+
+
+def _raw_pieces(values: np.ndarray, widths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Raw fields as coded, round by round (``_piece_rounds``): [(bits, widths)]."""
+    return [((values[sel] >> shift) & ((1 << w) - 1), w) for shift, sel, w in _piece_rounds(widths)]
 
 
 def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: int = CODER_RANGE_V1,
@@ -640,15 +644,9 @@ def _decode_raw(decoder, widths: np.ndarray) -> np.ndarray:
 
     uniform = constriction.stream.model.Uniform()
     values = np.zeros(widths.size, dtype=np.int64)
-    k = 0
-    while True:
-        sel = widths > RAW_PIECE * k
-        if not sel.any():
-            return values
-        w = np.minimum(widths[sel] - RAW_PIECE * k, RAW_PIECE)
-        bits = decoder.decode(uniform, (1 << w).astype(np.int32)).astype(np.int64)
-        values[sel] |= bits << (RAW_PIECE * k)
-        k += 1
+    for shift, sel, w in _piece_rounds(widths):
+        values[sel] |= decoder.decode(uniform, (1 << w).astype(np.int32)).astype(np.int64) << shift
+    return values
 
 
 def _entropy_decode(models: list[_Model], lengths: list[int], words: np.ndarray,
