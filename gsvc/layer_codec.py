@@ -141,8 +141,6 @@ class PositionCode:
 
     def bits(self) -> float:
         """Bits of the code: its classes coded alone (descriptor included), raw bits and prefix."""
-        from bitstream import encode_streams
-
         modelled = 8 * (len(encode_streams([self.classes], coder=CODER_RANGE_V3)) - 4)
         return modelled + float(self.raw_widths.sum()) + 8 * len(self.prefix())
 
@@ -237,8 +235,6 @@ def _decode_intra_v3(head, streams: list[np.ndarray], raw: np.ndarray) -> np.nda
 
 def position_bits(q: np.ndarray, coder: int) -> float:  # [N, 8] -> bits of all positions
     """Bits a layer's positions cost under ``coder`` (its position streams coded alone)."""
-    from bitstream import encode_streams
-
     if len(q) == 0:
         return 0.0
     if coder == CODER_RANGE_V3:
@@ -248,8 +244,9 @@ def position_bits(q: np.ndarray, coder: int) -> float:  # [N, 8] -> bits of all 
 
 
 def encode_intra(q: np.ndarray, coder: int, geometric: bool = False) -> tuple[bytes, np.ndarray]:
-    """Payload of an intra layer and the decoder's view (``q`` sorted). ``geometric``:
-    coder 1 may use its geometric model (video streams)."""
+    """Payload of an intra layer and the decoder's view (``q`` in the coding order: sorted
+    by (q_y, q_x), or coder 3's position code's order). ``geometric``: coder 1 may use
+    its geometric model (video streams)."""
     q = np.asarray(q, dtype=np.int64).reshape(-1, NPARAMS)
     if coder == CODER_RANGE_V3:
         prefix, streams, raw, q = _encode_intra_v3(q)
