@@ -154,10 +154,7 @@ def read_uvarints(payload: bytes, pos: int, n: int, what: str) -> tuple[np.ndarr
 def read_svarints(payload: bytes, pos: int, n: int, what: str) -> tuple[np.ndarray, int]:
     """``n`` zigzag LEB128 varints (``write_svarints``) from ``payload[pos:]``: int64
     values, end position; a short or overlong field is a StreamError naming ``what``."""
-    try:
-        raw, end = _read_uvarints(payload, pos, n)
-    except StreamError:
-        raise StreamError(f"corrupt stream: {what} runs past the end of its chunk or is too long") from None
+    raw, end = read_uvarints(payload, pos, n, what)
     return (raw >> 1) ^ -(raw & 1), end
 
 

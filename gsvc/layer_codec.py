@@ -39,6 +39,7 @@ from bitstream.entropy import (
     CODER_RANGE_V3,
     INT32_MAX,
     INT32_MIN,
+    RAW_MAX_WIDTH,
     read_svarints,
     read_uvarints,
     write_svarints,
@@ -124,12 +125,10 @@ class PositionCode:
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, shift: int) -> "PositionCode | None":  # [N], [N]
         """The code of positions (x, y) with rows of 2^shift steps (None: too many cells)."""
-        x0, y0 = int(x.min()), int(y.min())
-        span = int(x.max()) - x0 + 1
-        row = (y - y0) >> shift
-        if (int(row.max()) + 1) * span >= MAX_CELLS:
+        x0, y0, span = _grid(x, y)
+        row, cell = _cells(x, y, shift, x0, y0, span)
+        if cell is None:
             return None
-        cell = row * span + (x - x0)
         within = (y - y0) - (row << shift)
         order = np.lexsort((within, cell))
         gaps = np.diff(cell[order], prepend=0)
@@ -157,21 +156,33 @@ def _estimate(classes: np.ndarray, shift: int) -> float:  # [N] -> bits
     return entropy + float(np.maximum(classes - 1, 0).sum()) + shift * classes.size
 
 
+def _grid(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int]:  # [N], [N] -> x0, y0, span
+    x0 = int(x.min())
+    return x0, int(y.min()), int(x.max()) - x0 + 1
+
+
+def _cells(x: np.ndarray, y: np.ndarray, shift: int, x0: int, y0: int,
+           span: int) -> tuple[np.ndarray, np.ndarray | None]:  # -> row [N], cell [N] (None: too many)
+    """Each position's row (2^shift steps high, from y0) and cell, row * span + x - x0."""
+    row = (y - y0) >> shift
+    if (int(row.max()) + 1) * span >= MAX_CELLS:
+        return row, None
+    return row, row * span + (x - x0)
+
+
 def position_code(q: np.ndarray) -> PositionCode:  # [N >= 1, 8]
     """The position code of a layer whose row height (over ``ROW_SHIFTS``) gives the
     shortest ``PositionCode.estimate`` (coding each would make the layer's coding ~10x
     slower, and rate control codes layers many times). The estimate needs only the
     sorted cells, so only the chosen code is built."""
     x, y = q[:, 0], q[:, 1]
-    x0, y0 = int(x.min()), int(y.min())
-    span = int(x.max()) - x0 + 1
+    x0, y0, span = _grid(x, y)
     best = (math.inf, ROW_SHIFTS[-1])
     for shift in ROW_SHIFTS:
-        row = (y - y0) >> shift
-        if (int(row.max()) + 1) * span >= MAX_CELLS:
-            continue
-        cells = np.sort(row * span + (x - x0))
-        best = min(best, (_estimate(bit_lengths(np.diff(cells, prepend=0)), shift), shift))
+        _, cells = _cells(x, y, shift, x0, y0, span)
+        if cells is not None:
+            gaps = np.diff(np.sort(cells), prepend=0)
+            best = min(best, (_estimate(bit_lengths(gaps), shift), shift))
     return PositionCode.of(x, y, best[1])
 
 
@@ -192,8 +203,8 @@ def read_position_prefix(payload: bytes, pos: int) -> tuple[tuple[int, int, int,
 
 def position_raw_widths(classes: np.ndarray, shift: int) -> np.ndarray:  # [N] -> [2N]
     """Widths of a position code's raw fields, from its decoded classes (checked)."""
-    if classes.size and (classes.min() < 0 or classes.max() > 62):
-        raise StreamError("corrupt stream: a position gap is longer than 62 bits")
+    if classes.size and (classes.min() < 0 or classes.max() > RAW_MAX_WIDTH):
+        raise StreamError(f"corrupt stream: a position gap is longer than {RAW_MAX_WIDTH} bits")
     return np.concatenate([np.full(classes.size, shift), np.maximum(classes - 1, 0)])
 
 
