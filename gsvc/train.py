@@ -133,6 +133,14 @@ class TrainSettings:
     plateau_window: int = 0
     plateau_tol_db: float = 0.01
     plateau_psnr_db: float = 50.0
+    #: a stall (not a picture drawn perfectly) that would end the training outright (no
+    #: quantization-aware share after it) leaves this share of the iterations to run:
+    #: the learning rate steps down to the schedule's tail and decays to its end, and
+    #: a size-target fit's pending resizes happen with iterations after them to take
+    #: up the cut Gaussians' work. Jumping to the end left the picture at a high
+    #: learning rate and skipped resizes: ``slow`` stopped kodim03 (384 px wide) at 3345
+    #: of 8000 iterations, 0.1-0.2 dB below ``medium`` at layers 2-3 (docs/results.md)
+    plateau_tail: float = 0.1
     #: anti-needle: Gaussians whose covariance is more elongated than ``max_aspect``
     #: (ratio of the axes) pay ``aspect_weight`` * mean(log(s / s_max)^2) over the
     #: excess, s = aspect + 1 / aspect (= exp(a - b) + (r^2 + 1) exp(b - a)). Long thin
@@ -429,11 +437,12 @@ class _Plateau:
     former: a stall there still has work to do (fit the quantizer, place the next
     layer), a picture already drawn perfectly (a black or flat frame) has none."""
 
-    def __init__(self, settings: TrainSettings, phase_ends: list[int]):
+    def __init__(self, settings: TrainSettings, phase_ends: list[int], tail: int = 0):
         self.window = settings.plateau_window
         self.tol = settings.plateau_tol_db
         self.enough = settings.plateau_psnr_db
         self.ends = phase_ends
+        self.tail = tail  # iterations a stall leaves before the last end (TrainSettings.plateau_tail)
         self.history: list[float] = []
         self.phase = -1  # the phase of ``history``
 
@@ -465,6 +474,9 @@ class _Plateau:
                 return 0
             if recent - sum(self.history[-2 * w:-w]) / w >= self.tol:
                 return 0
+            if end == self.ends[-1]:  # a stall that would end the training: keep a tail
+                self.history = []
+                return max(0, end - done - self.tail)
         self.history = []
         return end - done
 
@@ -620,7 +632,8 @@ def fit(
             # warm-up stage is one last phase, ended early only when the picture is
             # already good enough (flat frames: a fade to black, a title card)
             last = stage == num_layers - 1
-            plateau = _Plateau(settings, settings.phase_ends(total, done + qat_from) if last else [done + n_iter])
+            plateau = _Plateau(settings, settings.phase_ends(total, done + qat_from) if last else [done + n_iter],
+                               tail=round(settings.plateau_tail * total))
         it = 0
         while it < n_iter:
             frac = (it / max(1, n_iter - 1)) if sequential else (done / max(1, total - 1))

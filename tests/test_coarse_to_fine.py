@@ -186,3 +186,44 @@ def test_a_resize_does_not_end_the_phase(crop):
     fit(target, (40, 20, 20), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d),
         resize=halve, resize_at=(100,))
     assert calls[calls.index(100):calls.index(100) + 12] == list(range(100, 112)), calls
+
+
+def test_a_stall_that_would_end_the_training_leaves_a_tail():
+    """Without a quantization-aware share after it, a stall of the full-size phase jumps
+    to ``tail`` iterations before the end, not to the end (the learning rate then decays
+    to its last value, pending resizes get iterations after them); within the tail it
+    never jumps again; a picture drawn perfectly still ends at once."""
+    s = TrainSettings(iterations=1000, plateau_window=5, plateau_tol_db=0.05, qat_share=0.0)
+    p = _Plateau(s, phase_ends=s.phase_ends(1000, 1000), tail=100)
+    skips = [p.skip(done, 30.0) for done in range(500, 520)]
+    first = next(i for i, k in enumerate(skips) if k)
+    assert 500 + first + skips[first] == 900
+    assert all(p.skip(done, 30.0) == 0 for done in range(901, 1000))  # the tail runs out
+    p = _Plateau(s, phase_ends=s.phase_ends(1000, 1000), tail=100)
+    done = 500 + next(i for i in range(20) if p.skip(500 + i, 55.0))
+    assert done + p.skip(done + 1, 55.0) in (done, 1000) and done == 500 + PERFECT_RUN - 1
+    p = _Plateau(s, phase_ends=[400, 850, 1000], tail=100)  # a phase before the last: to its end
+    skips = [p.skip(done, 30.0) for done in range(230, 245)]
+    assert 230 + next(i for i, k in enumerate(skips) if k) + max(skips) == 400
+
+
+def test_a_stall_before_the_resizes_still_resizes_and_trains_after_them(crop):
+    """A size-target fit that stalls before its resizes (``slow`` on a small picture
+    stopped at 3345 of 8000 iterations) makes them with the tail's iterations after
+    them; jumping to the end skipped the second resize and left the cut layers
+    untrained."""
+    target = torch.from_numpy(crop.astype("float32") / 255.0)
+    settings = TrainSettings(iterations=300, warmup_share=0.1, plateau_window=5, plateau_tol_db=1e9,
+                             plateau_tail=0.1)
+    calls, resizes = [], []
+
+    def halve(layers):
+        resizes.append(calls[-1])
+        return [np.arange(len(l)) % 2 == 0 for l in layers]
+
+    model = fit(target, (40, 20, 20), settings, STEPS, backend="numba", progress=lambda d, t, p: calls.append(d),
+                resize=halve, resize_at=(200, 250))
+    assert 200 not in calls  # the stall came first (a jump past both resize points) ...
+    assert resizes == [270]  # ... then both cuts at once, in the first iteration after it
+    assert calls[-1] == 300 and calls[-31:] == list(range(270, 301)), calls  # the tail: 30 iterations
+    assert model.counts == (20, 10, 10)
