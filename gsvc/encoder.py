@@ -142,15 +142,17 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     device, backend = settings.device_and_backend()
     train = settings.train
     if train.rate_slope == 0 and rate.slope > 0:
-        # the last layer is not priced: pricing it leaves it short of its budget (its
-        # bytes per Gaussian fall after the last resize) for no gain (docs/results.md)
-        train = replace(train, rate_slope=rate.slope, rate_layers=len(budgets) - 1)
+        # every layer priced (``RateSettings.price_last``), or all but the last
+        train = replace(train, rate_slope=rate.slope, rate_layers=None if rate.price_last else len(budgets) - 1)
     resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
     # the fit's budgets: the colour rounding at the end saves a few per cent
     aims = budgets
     if train.colour_rounding.passes > 0 and train.resolution_scales is None:
         n_priced = (len(budgets) if train.rate_layers is None else train.rate_layers) if train.rate_slope > 0 else 0
-        aims = tuple(int(b * rate.rounding_margins[0 if l < n_priced else 1]) for l, b in enumerate(budgets))
+        # the priced layers below the last at the first margin; the last (priced or not)
+        # and unpriced ones at the second
+        first_margin = min(n_priced, len(budgets) - 1)
+        aims = tuple(int(b * rate.rounding_margins[0 if l < first_margin else 1]) for l, b in enumerate(budgets))
     # the first counts from the budgets themselves (from the aims, kodim03 came out 0.14-0.16 dB
     # lower at every layer: a different start)
     counts = initial_counts(budgets, rate, w * h)
