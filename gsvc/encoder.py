@@ -131,8 +131,8 @@ def rounded(model: LayeredImage, target: torch.Tensor, train: TrainSettings, ste
 def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | None = None) -> LayeredImage:
     """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
     bytes): over-provision, resize early to the budgets (each a few per cent over, for
-    the rounding), price every layer but the last in the loss (``rate_term``, weights
-    held to the budgets by ``BudgetGains``), trim at the end (rate_control), round the
+    the rounding), price every layer in the loss (``rate_term``, weights held to the
+    budgets by ``BudgetGains``; all but the last without ``RateSettings.price_last``), trim at the end (rate_control), round the
     colours for distortion and rate within the budgets (``colour_rounding``)."""
     if settings.gaussians is not None:
         raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
@@ -141,13 +141,16 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     budgets = layer_budgets(settings.targets, header_bytes(w, h, len(settings.targets), steps, coder))
     device, backend = settings.device_and_backend()
     train = settings.train
+    rounding = train.colour_rounding.passes > 0 and train.resolution_scales is None
     if train.rate_slope == 0 and rate.slope > 0:
-        # every layer priced (``RateSettings.price_last``), or all but the last
-        train = replace(train, rate_slope=rate.slope, rate_layers=None if rate.price_last else len(budgets) - 1)
+        # every layer priced (``RateSettings.price_last``, when the colour rounding's
+        # margin is there to keep the last one filled), or all but the last
+        last = rate.price_last and rounding
+        train = replace(train, rate_slope=rate.slope, rate_layers=None if last else len(budgets) - 1)
     resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
     # the fit's budgets: the colour rounding at the end saves a few per cent
     aims = budgets
-    if train.colour_rounding.passes > 0 and train.resolution_scales is None:
+    if rounding:
         n_priced = (len(budgets) if train.rate_layers is None else train.rate_layers) if train.rate_slope > 0 else 0
         # the priced layers below the last at the first margin; the last (priced or not)
         # and unpriced ones at the second

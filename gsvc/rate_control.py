@@ -80,7 +80,10 @@ class RateSettings:
     #: At 384 px wide, ``medium``, five pictures (kodim03, 05, 08, Megamind frame 40,
     #: tree.avi frame 20): layer 3 +0.09 to +0.62 dB at the same targets, layers 1-2
     #: within 0.03 dB (docs/results.md, "The last layer priced too"). Unpriced, a long
-    #: fit spreads the last layer's parameters and fewer of its Gaussians fit the budget
+    #: fit spreads the last layer's parameters and fewer of its Gaussians fit the budget.
+    #: Only with the colour rounding on: its margin keeps the priced last layer filled
+    #: (without it, a priced last layer's bytes fall short after the last resize: 751 of
+    #: 800 B on a test crop)
     price_last: bool = True
 
 

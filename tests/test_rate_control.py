@@ -106,3 +106,40 @@ def test_resize_keeps_each_kept_gaussians_adam_state():
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(new_opt.state[new_t][key], opt.state[old_t][key][torch.from_numpy(keep)])
     assert [g["lr"] for g in new_opt.param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("price_last, priced", [(True, None), (False, 1)])
+def test_size_targets_price_the_layers_and_aim_the_last_at_the_second_margin(picture, monkeypatch, price_last,
+                                                                             priced):
+    """The fit a size-target encode runs: the rate term at ``RateSettings.slope`` on
+    every layer (``price_last``, the default) or on all but the last; the layers below
+    the last aimed at the first rounding margin, the last at the second either way."""
+    import gsvc.encoder as encoder
+    from gsvc.colour_rounding import ColourRounding
+    from gsvc.rate_control import RateSettings, header_bytes
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fit(target, counts, train, steps, backend, progress=None, **hooks):
+        seen.update(train=train, aims=hooks["rate_gain"].budgets, steps=steps)
+        raise Stop
+
+    monkeypatch.setattr(encoder, "fit", fit)
+    rate = RateSettings(price_last=price_last)
+    targets = (900, 1800)
+    with pytest.raises(Stop):
+        encode_image(picture, EncodeSettings(train=train_settings("fast"), targets=targets, rate=rate))
+    assert seen["train"].rate_slope == rate.slope and seen["train"].rate_layers == priced
+    h, w = picture.shape[:2]
+    budgets = layer_budgets(targets, header_bytes(w, h, len(targets), seen["steps"], EncodeSettings().coder))
+    low, high = rate.rounding_margins
+    assert seen["aims"] == (int(budgets[0] * low), int(budgets[1] * high))
+    assert RateSettings().price_last
+    seen.clear()  # without the colour rounding there is no margin to fill a priced last layer: unpriced
+    with pytest.raises(Stop):
+        encode_image(picture, EncodeSettings(train=train_settings("fast", colour_rounding=ColourRounding(passes=0)),
+                                             targets=targets, rate=rate))
+    assert seen["train"].rate_layers == 1 and seen["aims"] == budgets
