@@ -106,13 +106,15 @@ def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | No
     h, w = rgb.shape[:2]
     counts = settings.counts_for(w, h)
     device, backend = settings.device_and_backend()
-    torch.manual_seed(settings.train.seed)
+    train, rate = settings.train, settings.rate
+    if rate.price_counts and rate.slope > 0 and train.rate_slope == 0 and train.resolution_scales is None:
+        train = replace(train, rate_slope=rate.slope)  # every layer pays for its bits
+    torch.manual_seed(train.seed)
     target = to_tensor(rgb, device)
-    model = fit(target, counts, settings.train, settings.quant.steps(), backend, progress, coder=settings.coder)
+    model = fit(target, counts, train, settings.quant.steps(), backend, progress, coder=settings.coder)
     # counts the user gave are kept; the default ones are a ceiling (Gaussians whose bits
     # are worth more than what they draw go)
-    return rounded(model, target, settings.train, settings.quant.steps(), settings.coder,
-                   prune=settings.gaussians is None)
+    return rounded(model, target, train, settings.quant.steps(), settings.coder, prune=settings.gaussians is None)
 
 
 def rounded(model: LayeredImage, target: torch.Tensor, train: TrainSettings, steps: tuple[float, ...], coder: int,

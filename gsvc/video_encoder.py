@@ -313,10 +313,12 @@ class _Encoder:
         # the colour rounding keeps the I-frame's Gaussians: the GOP's P-frames inherit
         # them, and a pruned last layer gains less over the GOP (Megamind: +0.36 dB from
         # layer 2 to 3 against +0.49)
+        # (and it keeps the fit without a rate term: ``RateSettings.price_counts`` was
+        # measured on pictures, not on a GOP)
         train = self.settings.train
         model = fit_image(rgb, replace(self.settings, train=replace(
             train, colour_rounding=replace(train.colour_rounding, prune=False),
-            qat_share=self.structure.i_qat_share)))
+            qat_share=self.structure.i_qat_share), rate=replace(self.settings.rate, price_counts=False)))
         # Gaussians that draw nothing cost bits for nothing (a black frame has only such)
         pruned = []
         for layer in model.layers:

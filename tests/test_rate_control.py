@@ -143,3 +143,48 @@ def test_size_targets_price_the_layers_and_aim_the_last_at_the_second_margin(pic
         encode_image(picture, EncodeSettings(train=train_settings("fast", colour_rounding=ColourRounding(passes=0)),
                                              targets=targets, rate=rate))
     assert seen["train"].rate_layers == 1 and seen["aims"] == budgets
+
+
+def test_counts_encodes_train_with_the_rate_term_on_every_layer(picture, monkeypatch):
+    """Without size targets (default or given counts) the fit prices every layer at
+    ``RateSettings.slope`` (``price_counts``), unless it is off or the training sets its
+    own rate term; video I-frames fit without it (tests/test_video.py covers their
+    streams)."""
+    import gsvc.encoder as encoder
+    from gsvc.rate_control import RateSettings
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fit(target, counts, train, steps, backend, progress=None, **hooks):
+        seen.append(train)
+        raise Stop
+
+    monkeypatch.setattr(encoder, "fit", fit)
+    for rate, own, slope in ((RateSettings(), 0.0, RateSettings().slope), (RateSettings(price_counts=False), 0.0, 0.0),
+                             (RateSettings(), 3.0, 3.0)):
+        with pytest.raises(Stop):
+            encode_image(picture, EncodeSettings(gaussians=(20, 10), rate=rate,
+                                                 train=train_settings("fast", rate_slope=own)))
+        assert seen[-1].rate_slope == slope and seen[-1].rate_layers is None
+
+
+def test_the_rate_term_makes_a_counts_encode_smaller(picture):
+    """The same counts, the rate term on (the default) and off: fewer bytes, and the
+    picture within 0.3 dB."""
+    import io
+
+    from gsvc.decoder import decode_image
+    from gsvc.metrics import psnr
+    from gsvc.rate_control import RateSettings
+
+    def encode(price):
+        settings = EncodeSettings(gaussians=(120, 60), train=train_settings("fast", iterations=300),
+                                  rate=RateSettings(price_counts=price))
+        data = encode_image(picture, settings).data
+        return len(data), psnr(decode_image(io.BytesIO(data)), picture)
+
+    (priced, priced_db), (plain, plain_db) = encode(True), encode(False)
+    assert priced < plain and priced_db > plain_db - 0.3, (priced, priced_db, plain, plain_db)  # 1230 B, 1275 B here
