@@ -107,14 +107,22 @@ def fit_image(rgb: np.ndarray, settings: EncodeSettings, progress: Progress | No
     counts = settings.counts_for(w, h)
     device, backend = settings.device_and_backend()
     train, rate = settings.train, settings.rate
-    if rate.price_counts and rate.slope > 0 and train.rate_slope == 0 and train.resolution_scales is None:
-        train = replace(train, rate_slope=rate.slope)  # every layer pays for its bits
+    if rate.price_counts and train.resolution_scales is None:
+        train = _priced(train, rate, None)  # every layer pays for its bits
     torch.manual_seed(train.seed)
     target = to_tensor(rgb, device)
     model = fit(target, counts, train, settings.quant.steps(), backend, progress, coder=settings.coder)
     # counts the user gave are kept; the default ones are a ceiling (Gaussians whose bits
     # are worth more than what they draw go)
     return rounded(model, target, train, settings.quant.steps(), settings.coder, prune=settings.gaussians is None)
+
+
+def _priced(train: TrainSettings, rate: RateSettings, layers: int | None) -> TrainSettings:
+    """``train`` with the rate term at ``rate.slope`` on its first ``layers`` layers
+    (None: every layer), unless it sets a rate term of its own or the slope is 0."""
+    if train.rate_slope == 0 and rate.slope > 0:
+        return replace(train, rate_slope=rate.slope, rate_layers=layers)
+    return train
 
 
 def rounded(model: LayeredImage, target: torch.Tensor, train: TrainSettings, steps: tuple[float, ...], coder: int,
@@ -134,8 +142,9 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     """Fit layered Gaussians whose coded layers meet ``settings.targets`` (cumulative
     bytes): over-provision, resize early to the budgets (each a few per cent over, for
     the rounding), price every layer in the loss (``rate_term``, weights held to the
-    budgets by ``BudgetGains``; all but the last without ``RateSettings.price_last``), trim at the end (rate_control), round the
-    colours for distortion and rate within the budgets (``colour_rounding``)."""
+    budgets by ``BudgetGains``; all but the last without ``RateSettings.price_last``),
+    trim at the end (rate_control), round the colours for distortion and rate within
+    the budgets (``colour_rounding``)."""
     if settings.gaussians is not None:
         raise GsvcError("size targets choose the Gaussian counts: give targets or counts, not both")
     h, w = rgb.shape[:2]
@@ -144,11 +153,9 @@ def fit_to_targets(rgb: np.ndarray, settings: EncodeSettings, progress: Progress
     device, backend = settings.device_and_backend()
     train = settings.train
     rounding = train.colour_rounding.passes > 0 and train.resolution_scales is None
-    if train.rate_slope == 0 and rate.slope > 0:
-        # every layer priced (``RateSettings.price_last``, when the colour rounding's
-        # margin is there to keep the last one filled), or all but the last
-        last = rate.price_last and rounding
-        train = replace(train, rate_slope=rate.slope, rate_layers=None if last else len(budgets) - 1)
+    # every layer priced (``RateSettings.price_last``, when the colour rounding's margin
+    # is there to keep the last one filled), or all but the last
+    train = _priced(train, rate, None if rate.price_last and rounding else len(budgets) - 1)
     resize_at = tuple(round(train.iterations * share) for share in rate.resize_shares)
     # the fit's budgets: the colour rounding at the end saves a few per cent
     aims = budgets
