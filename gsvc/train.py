@@ -469,16 +469,16 @@ class _Plateau:
         if len(self.history) < w:
             return 0
         recent = sum(self.history[-w:]) / w
+        stop = end
         if recent < self.enough:
             if phase == len(self.ends) - 1 or len(self.history) < 2 * w:
                 return 0
             if recent - sum(self.history[-2 * w:-w]) / w >= self.tol:
                 return 0
             if end == self.ends[-1]:  # a stall that would end the training: keep a tail
-                self.history = []
-                return max(0, end - done - self.tail)
+                stop = end - self.tail
         self.history = []
-        return end - done
+        return max(0, stop - done)
 
 
 def refine(

@@ -6,10 +6,11 @@ from click.testing import CliRunner
 
 from gsvc.cli import main
 from gsvc.codec import EncodeSettings, encode_image, stream_info
+from gsvc.colour_rounding import ColourRounding
 from gsvc.errors import GsvcError
 from gsvc.media import write_image
 from gsvc.presets import train_settings
-from gsvc.rate_control import byte_targets, layer_budgets
+from gsvc.rate_control import RateSettings, byte_targets, header_bytes, layer_budgets
 
 
 def run(*args):
@@ -108,67 +109,59 @@ def test_resize_keeps_each_kept_gaussians_adam_state():
     assert [g["lr"] for g in new_opt.param_groups] == [g["lr"] for g in opt.param_groups]
 
 
+class _FitCalled(Exception):
+    """Raised by ``fit_call``'s stand-in fit once it has recorded its arguments."""
+
+
+@pytest.fixture
+def fit_call(monkeypatch):
+    """``fit_call(rgb, settings)``: the arguments ``encode_image`` hands the fit
+    (``train``, ``steps``, and the size-target hooks), without fitting."""
+    import gsvc.encoder as encoder
+
+    def fit(target, counts, train, steps, backend, progress=None, **hooks):
+        raise _FitCalled(dict(train=train, steps=steps, **hooks))
+
+    monkeypatch.setattr(encoder, "fit", fit)
+
+    def call(rgb, settings):
+        with pytest.raises(_FitCalled) as called:
+            encode_image(rgb, settings)
+        return called.value.args[0]
+
+    return call
+
+
 @pytest.mark.parametrize("price_last, priced", [(True, None), (False, 1)])
-def test_size_targets_price_the_layers_and_aim_the_last_at_the_second_margin(picture, monkeypatch, price_last,
-                                                                             priced):
+def test_size_targets_price_the_layers_and_aim_the_last_at_the_second_margin(picture, fit_call, price_last, priced):
     """The fit a size-target encode runs: the rate term at ``RateSettings.slope`` on
     every layer (``price_last``, the default) or on all but the last; the layers below
     the last aimed at the first rounding margin, the last at the second either way."""
-    import gsvc.encoder as encoder
-    from gsvc.colour_rounding import ColourRounding
-    from gsvc.rate_control import RateSettings, header_bytes
-
-    class Stop(Exception):
-        pass
-
-    seen = {}
-
-    def fit(target, counts, train, steps, backend, progress=None, **hooks):
-        seen.update(train=train, aims=hooks["rate_gain"].budgets, steps=steps)
-        raise Stop
-
-    monkeypatch.setattr(encoder, "fit", fit)
     rate = RateSettings(price_last=price_last)
     targets = (900, 1800)
-    with pytest.raises(Stop):
-        encode_image(picture, EncodeSettings(train=train_settings("fast"), targets=targets, rate=rate))
+    seen = fit_call(picture, EncodeSettings(train=train_settings("fast"), targets=targets, rate=rate))
     assert seen["train"].rate_slope == rate.slope and seen["train"].rate_layers == priced
     h, w = picture.shape[:2]
     budgets = layer_budgets(targets, header_bytes(w, h, len(targets), seen["steps"], EncodeSettings().coder))
     low, high = rate.rounding_margins
-    assert seen["aims"] == (int(budgets[0] * low), int(budgets[1] * high))
+    assert seen["rate_gain"].budgets == (int(budgets[0] * low), int(budgets[1] * high))
     assert RateSettings().price_last
-    seen.clear()  # without the colour rounding there is no margin to fill a priced last layer: unpriced
-    with pytest.raises(Stop):
-        encode_image(picture, EncodeSettings(train=train_settings("fast", colour_rounding=ColourRounding(passes=0)),
-                                             targets=targets, rate=rate))
-    assert seen["train"].rate_layers == 1 and seen["aims"] == budgets
+    # without the colour rounding there is no margin to fill a priced last layer: unpriced
+    seen = fit_call(picture, EncodeSettings(train=train_settings("fast", colour_rounding=ColourRounding(passes=0)),
+                                            targets=targets, rate=rate))
+    assert seen["train"].rate_layers == 1 and seen["rate_gain"].budgets == budgets
 
 
-def test_counts_encodes_train_with_the_rate_term_on_every_layer(picture, monkeypatch):
+def test_counts_encodes_train_with_the_rate_term_on_every_layer(picture, fit_call):
     """Without size targets (default or given counts) the fit prices every layer at
     ``RateSettings.slope`` (``price_counts``), unless it is off or the training sets its
     own rate term; video I-frames fit without it (tests/test_video.py covers their
     streams)."""
-    import gsvc.encoder as encoder
-    from gsvc.rate_control import RateSettings
-
-    class Stop(Exception):
-        pass
-
-    seen = []
-
-    def fit(target, counts, train, steps, backend, progress=None, **hooks):
-        seen.append(train)
-        raise Stop
-
-    monkeypatch.setattr(encoder, "fit", fit)
     for rate, own, slope in ((RateSettings(), 0.0, RateSettings().slope), (RateSettings(price_counts=False), 0.0, 0.0),
                              (RateSettings(), 3.0, 3.0)):
-        with pytest.raises(Stop):
-            encode_image(picture, EncodeSettings(gaussians=(20, 10), rate=rate,
-                                                 train=train_settings("fast", rate_slope=own)))
-        assert seen[-1].rate_slope == slope and seen[-1].rate_layers is None
+        seen = fit_call(picture, EncodeSettings(gaussians=(20, 10), rate=rate,
+                                                train=train_settings("fast", rate_slope=own)))
+        assert seen["train"].rate_slope == slope and seen["train"].rate_layers is None
 
 
 def test_the_rate_term_makes_a_counts_encode_smaller(picture):
@@ -178,7 +171,6 @@ def test_the_rate_term_makes_a_counts_encode_smaller(picture):
 
     from gsvc.decoder import decode_image
     from gsvc.metrics import psnr
-    from gsvc.rate_control import RateSettings
 
     def encode(price):
         settings = EncodeSettings(gaussians=(120, 60), train=train_settings("fast", iterations=300),
