@@ -8,9 +8,11 @@ Joint schedule (the default):
    only place the enhancement layers where detail is missing.
 2. For the rest of the run all layers train together. Every iteration minimizes
 
-       MSE(render(layers 1..L)) + intermediate_weight * MSE(render(layers 1..k))
+       MSE(render(layers 1..L)) + w_k * MSE(render(layers 1..k))
 
-   with k = 1, 2, ..., L-1, 1, 2, ... taken cyclically, and one Adam step updates
+   with k = 1, 2, ..., L-1, 1, 2, ... taken cyclically and w_k = intermediate_weight
+   * k / (L - 1) (``colour_solve.prefix_weights``: a coarse prefix's larger MSE would
+   otherwise outweigh the layers above it), and one Adam step updates
    the parameters of every layer. Because rendering is an additive sum, the two
    targets share one render: low = sum(layers 1..k), full = low + sum(layers k+1..L).
 3. The last ``qat_share`` of iterations (none by default) renders every parameter
@@ -46,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .colour_rounding import ColourRounding
-from .colour_solve import ColourSolve, solve_colours
+from .colour_solve import ColourSolve, prefix_weights, solve_colours
 from .decoder import output_size
 from .geometry_rounding import GeometryRounding, round_geometry
 from .heap import keep_freed_blocks
@@ -77,7 +79,9 @@ class TrainSettings:
     mode: Literal["joint", "sequential"] = "joint"
     #: joint mode: share of iterations each of layers 1..L-1 trains before the next is added
     warmup_share: float = 0.1
-    #: weight of the intermediate (layers 1..k) loss next to the full loss
+    #: weight of the intermediate (layers 1..k) loss next to the full loss, scaled by
+    #: k / (L - 1) (``colour_solve.prefix_weights``; resolution layers' scaled prefixes
+    #: take it as it is)
     intermediate_weight: float = 1.0
     #: final share of iterations trained through the quantizer (per stage when sequential).
     #: 0 for pictures: the colours are solved and rounded for distortion and rate after
@@ -389,7 +393,8 @@ def joint_loss(
                               bound)
             full_mse, part_mse = terms[0], terms[1]
             shape = settings.aspect_weight * terms[2] if bound else 0.0
-            return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
+            weight = prefix_weights(len(present), settings.intermediate_weight)[k - 1]
+            return full_mse + weight * part_mse + shape, full_mse, (k, part_mse)
         shape = aspect_penalty(present, settings)
         low = _render_sum(present[:k], h, w, backend, coarse)
         full = low + _render_sum(present[k:], h, w, backend, coarse)
@@ -398,7 +403,11 @@ def joint_loss(
             part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
         else:
             part_mse = clamped_mse(low, target)
-        return full_mse + settings.intermediate_weight * part_mse + shape, full_mse, (k, part_mse)
+        # resolution layers weigh their prefixes alike: the thumbnails are their own objective
+        weight = settings.intermediate_weight
+        if settings.intermediate_scale(k) == 1.0:
+            weight = prefix_weights(len(present), weight)[k - 1]
+        return full_mse + weight * part_mse + shape, full_mse, (k, part_mse)
     shape = aspect_penalty(present, settings)
     full = _render_sum(present, h, w, backend, coarse)
     full_mse = clamped_mse(full, target)

@@ -12,7 +12,7 @@ import torch
 from gsvc.colour_rounding import ColourRounding
 from gsvc.colour_solve import (
     ColourSolve, _apply_transposed, _Operators, _prefixes, _streamed_prefixes, clamped_objective, clamped_pixels,
-    objective_gradient, objective_weights, solve_colours,
+    objective_gradient, objective_weights, prefix_weights, solve_colours,
 )
 from gsvc.encoder import EncodeSettings, encode_image
 from gsvc.geometry_rounding import GeometryRounding
@@ -82,8 +82,12 @@ def test_streamed_prefixes_are_the_prefix_sums_bit_for_bit(zero_below):
 
 def test_weights_are_the_joint_loss_averaged_over_its_cycle():
     assert objective_weights(1, 1.0) == [1.0]
-    assert objective_weights(3, 1.0) == [0.5, 0.5, 1.0]
-    assert objective_weights(4, 0.6) == pytest.approx([0.2, 0.2, 0.2, 1.0])
+    assert objective_weights(2, 0.8) == pytest.approx([0.8, 1.0])
+    # the prefixes' weights rise with k (prefix_weights), each trained 1 / (L - 1) of the time
+    assert prefix_weights(3, 1.0) == [0.5, 1.0]
+    assert objective_weights(3, 1.0) == [0.25, 0.5, 1.0]
+    assert prefix_weights(4, 0.6) == pytest.approx([0.2, 0.4, 0.6])
+    assert objective_weights(4, 0.6) == pytest.approx([0.2 / 3, 0.4 / 3, 0.2, 1.0])
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])

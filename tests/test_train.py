@@ -7,7 +7,9 @@ from gsvc.codec import to_uint8
 from gsvc.metrics import hole_fraction, psnr
 from gsvc.model import GaussianLayer, LayeredImage
 from gsvc.quantize import QuantSettings, dequantize, fake_quantize, from_streams, quantize, to_streams
-from gsvc.train import TrainSettings, _stage_iterations, fit
+from gsvc.colour_solve import prefix_weights
+from gsvc.loss import clamped_mse
+from gsvc.train import ScaledTargets, TrainSettings, _stage_iterations, fit, joint_loss
 
 STEPS = QuantSettings().steps()
 
@@ -63,6 +65,23 @@ def test_joint_mode_updates_all_layers_together(crop):
     alone = fit(target, (30,), TrainSettings(iterations=10), STEPS, backend="torch")
     # the base layer kept training after layer 2 arrived
     assert not torch.allclose(model.layers[0].means, alone.layers[0].means)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_joint_loss_weighs_each_prefix_by_its_rising_weight(crop, backend):
+    target = _target(crop)
+    layers = fit(target, (20, 10, 10), TrainSettings(iterations=9), STEPS, backend="torch").layers
+    settings = TrainSettings(aspect_weight=0.0)
+    h, w = target.shape[:2]
+    for it, k in ((0, 1), (1, 2), (2, 1)):
+        loss, full, (kk, part) = joint_loss(layers, ScaledTargets(target), it, settings, backend)
+        assert kk == k
+        low = LayeredImage(w, h, layers[:k]).render(backend="torch")
+        assert part.item() == pytest.approx(clamped_mse(low, target).item(), rel=1e-4)
+        # layer 1's term at half the weight of layers 1-2's (prefix_weights: 1/2, 1)
+        weight = prefix_weights(3, settings.intermediate_weight)[k - 1]
+        assert weight == (0.5, 1.0)[k - 1]
+        assert loss.item() == pytest.approx(full.item() + weight * part.item(), rel=1e-5)
 
 
 def test_fake_quantization_equals_stream_quantization():
