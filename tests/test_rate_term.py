@@ -133,3 +133,27 @@ def test_a_layer_is_priced_once_it_has_trained_the_start_iterations():
     top_free.add_layer(0)
     top_free.add_layer(0)
     assert float(top_free(layers, 50, mse, None)) == pytest.approx(first, rel=1e-5)
+
+
+@pytest.mark.parametrize("coder", [1, DEFAULT_CODER])
+def test_the_fused_tails_match_the_torch_form_in_value_and_gradient(coder):
+    """The CPU's one-pass proxy (gsvc.tail_bits) against the plain torch expression
+    (``_Tails`` on the streams), as gsplat tests a kernel against its reference."""
+    layer = _layer(seed=5, integer=False)
+    with torch.no_grad():  # some values exactly at a stream's mode: the slope there is right - left
+        layer.chol[:7, 2] = 0.0
+    term = RateTerm(STEPS, coder, tails=True)
+    term.bits([layer])  # fit the models
+    (model,) = term._models
+    grads = []
+    for fused in (True, False):
+        leaf = GaussianLayer(*(t.clone().requires_grad_(True) for t in layer.tensors()))
+        value = term._bits(leaf, model) if fused else model(term._streams(leaf))
+        (0.37 * value).backward()
+        grads.append((value.detach().item(), leaf.chol.grad, leaf.colors.grad, leaf.means.grad))
+    (v1, c1, k1, m1), (v2, c2, k2, m2) = grads
+    assert v1 == pytest.approx(v2, rel=1e-5)
+    torch.testing.assert_close(c1, c2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k1, k2, rtol=1e-6, atol=1e-6)
+    assert m1 is None and not m2.any()  # positions are not priced
+    assert c1[:7, 2].abs().sum() > 0
