@@ -64,8 +64,8 @@ class _Tails:
 
 class _TailBits(torch.autograd.Function):
     """``_Tails`` of one layer on the CPU as one node (``gsvc.tail_bits``), value and
-    gradient: the torch form's dozen small operations a layer cost ~1.7 ms an iteration
-    (a 360x264 frame at a third of the default Gaussians: 19 s against 15 s unpriced)."""
+    gradient, in place of the torch form's dozen small operations a layer (three layers
+    of 400 / 160 / 160 Gaussians, 2400 iterations: 0.51 s against 1.31 s)."""
 
     @staticmethod
     def forward(ctx, chol, colors, columns, arrays):  # columns: RateTerm._columns, arrays: _Tails.arrays
