@@ -386,6 +386,10 @@ def joint_loss(
         coarse = (w / full_w, h / full_h)
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
+        # resolution layers weigh their prefixes alike: the thumbnails are their own objective
+        weight = settings.intermediate_weight
+        if settings.intermediate_scale(k) == 1.0:
+            weight = prefix_weights(len(present), weight)[k - 1]
         if coarse is None and settings.intermediate_scale(k) == 1.0:
             g = concat(present)  # all three terms from one node on the CPU (loss.split_mse)
             bound = _aspect_bound(settings)
@@ -393,7 +397,6 @@ def joint_loss(
                               bound)
             full_mse, part_mse = terms[0], terms[1]
             shape = settings.aspect_weight * terms[2] if bound else 0.0
-            weight = prefix_weights(len(present), settings.intermediate_weight)[k - 1]
             return full_mse + weight * part_mse + shape, full_mse, (k, part_mse)
         shape = aspect_penalty(present, settings)
         low = _render_sum(present[:k], h, w, backend, coarse)
@@ -403,10 +406,6 @@ def joint_loss(
             part_mse = _intermediate_mse(present[:k], low, targets, settings, k, backend)
         else:
             part_mse = clamped_mse(low, target)
-        # resolution layers weigh their prefixes alike: the thumbnails are their own objective
-        weight = settings.intermediate_weight
-        if settings.intermediate_scale(k) == 1.0:
-            weight = prefix_weights(len(present), weight)[k - 1]
         return full_mse + weight * part_mse + shape, full_mse, (k, part_mse)
     shape = aspect_penalty(present, settings)
     full = _render_sum(present, h, w, backend, coarse)
