@@ -114,8 +114,14 @@ class CodingStructure:
     #: parameters to exactly unchanged. Against a constant weight (before: 1e-4 per bit
     #: per pixel, tuned on Megamind), 3 closed the gap to x264 on tree.avi from 5.3 to
     #: 3.7 dB and stayed within 0.2 dB of it on Megamind and a pan over a photo; 6 was
-    #: better still on tree.avi, 0.3-0.5 dB worse on the others (docs/results.md)
-    rate_slope: float = 3.0
+    #: better still on tree.avi, 0.3-0.5 dB worse on the others (docs/results.md).
+    #: 4.5 since the P-frames round their geometry for the bits too
+    #: (``geometry_passes``): the gap to x264 at the same bytes, layers 1 / 1-2 / 1-3,
+    #: against 3: tree.avi +0.42 / +0.33 / +0.28 dB, a pan over kodim07 +0.34 / +0.31 /
+    #: +0.22, Megamind -0.01 / -0.04 / -0.13; 6: +0.67 / +0.52 / +0.47, +0.66 / +0.53 /
+    #: +0.44, but Megamind +0.07 / -0.20 / -0.27 (docs/results.md, "P-frames round
+    #: their geometry for the bits")
+    rate_slope: float = 4.5
     #: P-frame early stopping (``refine``'s ``plateau_window``): iterations per window;
     #: the full-size iterations end once a window's mean PSNR beats the one before by
     #: less than the preset's tolerance (a still shot has nothing to learn). 0: off.
@@ -149,7 +155,7 @@ class CodingStructure:
     #: passes of the geometry rounding of P-frame layers
     #: (``geometry_rounding.round_predicted_geometry``: positions and shapes chosen for
     #: the picture and the differences' bits at ``rate_slope``); 0: the deadzone rounding
-    #: alone. Ten P-frames after an I-frame (with ``p_share`` 0.13 against 0.15 without
+    #: alone. Ten P-frames after an I-frame (rate slope 3; ``p_share`` 0.13 against 0.15 without
     #: it, about the same time): Megamind 360x264 BD-rate -9.5 % (+0.00 / +0.07 / +0.11
     #: dB in 8.5-8.8 % fewer bytes), tree.avi 320x240 22 % fewer bytes at -0.01..-0.03
     #: dB, a pan over kodim11 18 % fewer at +0.00 dB (docs/results.md)
