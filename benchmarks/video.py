@@ -3,7 +3,7 @@
     python -m benchmarks.video [--video ../shared/data/video/Megamind.avi] [--frames 30]
                                [--size 360x264] [--preset medium] [--json out.json]
                                [--all-intra-scale 0.33] [--all-intra-from earlier.json]
-                               [--p-rate-slope 3]
+                               [--p-rate-slope 4.5]
 
 Encodes the clip's first frames with the default settings (GOP 30) and with ``--gop 1``
 (every frame an I-frame; ``--all-intra-scale`` scales its Gaussian counts, so that its
