@@ -242,8 +242,7 @@ def _descend(ints: list[np.ndarray], colours: list[np.ndarray], tgt: np.ndarray,
             cand, means, conics, boxes = _candidates(q, steps, h, w, base)
             choice = np.zeros(len(q), dtype=np.int64)
             rate = np.zeros(choice.shape + (cand.shape[1],))  # [N, C]
-            if price is not None:
-                k = len(bases[l])
+            if price is not None:  # (given with bases: k is this layer's kept count)
                 rate[visit] = price(l, cand[visit, :, :GEOMETRY] - base[visit, None, :],
                                     q[:k, :GEOMETRY] - bases[l][:, :GEOMETRY], prefixes)
             for order, starts in row_blocks(_union_boxes(boxes), visit, settings.band):

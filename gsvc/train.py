@@ -386,11 +386,11 @@ def joint_loss(
         coarse = (w / full_w, h / full_h)
     if joint and len(present) >= 2:
         k = 1 + it % (len(present) - 1)
+        full_size = settings.intermediate_scale(k) == 1.0
         # resolution layers weigh their prefixes alike: the thumbnails are their own objective
-        weight = settings.intermediate_weight
-        if settings.intermediate_scale(k) == 1.0:
-            weight = prefix_weights(len(present), weight)[k - 1]
-        if coarse is None and settings.intermediate_scale(k) == 1.0:
+        weight = prefix_weights(len(present), settings.intermediate_weight)[k - 1] if full_size \
+            else settings.intermediate_weight
+        if coarse is None and full_size:
             g = concat(present)  # all three terms from one node on the CPU (loss.split_mse)
             bound = _aspect_bound(settings)
             terms = split_mse(g.means, g.chol, g.colors, sum(len(l) for l in present[:k]), target, backend, pictures,

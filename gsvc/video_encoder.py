@@ -416,16 +416,15 @@ class _Encoder:
             ints.append(np.concatenate([quantize_residual(head, q_moved[keep], self.steps, s.deadzone),
                                         quantize_ints(tail, self.steps)]))
             colours.append(layer.colors.detach().numpy())
-        if self.settings.train.resolution_scales is None and s.geometry_passes > 0:
+        if self.settings.train.resolution_scales is None:
+            bases = [q[keep] for q, keep in zip(moved, keeps)]  # per layer [K, 8]: the kept ones' reference
             # the kept Gaussians' geometry chosen for the picture and the differences' bits
             ints = round_predicted_geometry(
-                ints, [q[keep] for q, keep in zip(moved, keeps)], colours, cpu_target, self.steps,
-                self.settings.train.intermediate_weight, s.rate_slope,
+                ints, bases, colours, cpu_target, self.steps, self.settings.train.intermediate_weight, s.rate_slope,
                 replace(self.settings.train.geometry_rounding, passes=s.geometry_passes))
-        if self.settings.train.resolution_scales is None:
-            # the colours' integers chosen jointly, the kept ones priced as differences
+            # then the colours' integers chosen jointly, the kept ones priced as differences
             rounding = replace(self.settings.train.colour_rounding, passes=s.rounding_passes, slope=s.rate_slope)
-            ints = round_predicted(ints, [q[keep][:, 5:8] for q, keep in zip(moved, keeps)], cpu_target, self.steps,
+            ints = round_predicted(ints, [b[:, 5:8] for b in bases], cpu_target, self.steps,
                                    self.settings.train.intermediate_weight, coder, rounding)
         chunks, decoded = [], []
         for l, (q_all, keep, q_ref) in enumerate(zip(ints, keeps, self.reference), start=1):
