@@ -31,6 +31,11 @@ from .layer_codec import ZC_RANGE, ZOOM_ONE, ZS_LIMIT, GlobalMotion
 MAX_SIDE = 384
 #: Gauss-Newton iterations per estimate at most
 ITERATIONS = 20
+#: pictures (as estimated) whose shorter side is at least this are fitted coarse to
+#: fine: from both starts at half size, then at full size from the better fit, where
+#: a few iterations finish it (Megamind 360x264: 128 -> 44 ms an estimate; the same
+#: motion within 0.01 px)
+COARSE_SIDE = 96
 #: pixels at the picture's edges left out of the fit (edge effects of the downscaling)
 MARGIN = 2
 #: pictures with a shorter side than this get no motion (too few pixels to tell a
@@ -194,6 +199,30 @@ def _fit(prev: np.ndarray, gx: np.ndarray, gy: np.ndarray, cur: np.ndarray, thet
     return theta, moved, float(np.mean(still**2)), float(np.mean(np.log1p((r / scale) ** 2)))
 
 
+def _halved(y: np.ndarray) -> np.ndarray:  # [H, W] -> [H / 2, W / 2]: means of 2x2 blocks
+    h, w = (y.shape[0] // 2) * 2, (y.shape[1] // 2) * 2
+    return y[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def _gradient(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # -> gx, gy
+    gy, gx = np.gradient(y)
+    return gx, gy
+
+
+def _best_fit(prev: np.ndarray, cur: np.ndarray, start: np.ndarray,
+              scale: float) -> tuple[np.ndarray, float, float, float]:
+    """``_fit`` from ``start`` (the phase correlation's translation) and, when that moves
+    anything, from no motion too; the fit of the lower Cauchy cost at ``scale``."""
+    gx, gy = _gradient(prev)  # one gradient for the fits from both starts
+    best = _fit(prev, gx, gy, cur, start, scale)
+    if start[2] != 0.0 or start[3] != 0.0:
+        # the correlation's peak may be an object's, not the scene's: try from no motion too
+        alt = _fit(prev, gx, gy, cur, np.array([1.0, 0.0, 0.0, 0.0]), scale)
+        if alt[3] < best[3]:
+            best = alt
+    return best
+
+
 def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionEstimate:  # 2 x [H, W, 3] uint8
     """The pan, zoom and rotation that carry ``previous`` onto ``current`` (module doc)."""
     assert previous.shape == current.shape, (previous.shape, current.shape)
@@ -205,13 +234,16 @@ def estimate_global_motion(previous: np.ndarray, current: np.ndarray) -> MotionE
         return MotionEstimate(0.0, 0.0, 1.0, 0.0, still, still)
     scale = _cauchy_scale(prev - cur)  # one scale to compare the fits from each start
     dx, dy = _phase_shift(prev, cur)  # cur(p) ~ prev(p - d): u = p - d
-    gy, gx = np.gradient(prev)  # one gradient for the fits from both starts
-    theta, moved, still, cost = _fit(prev, gx, gy, cur, np.array([1.0, 0.0, -dx, -dy]), scale)
-    if (dx, dy) != (0.0, 0.0):
-        # the correlation's peak may be an object's, not the scene's: try from no motion too
-        alt, alt_moved, alt_still, alt_cost = _fit(prev, gx, gy, cur, np.array([1.0, 0.0, 0.0, 0.0]), scale)
-        if alt_cost < cost:
-            theta, moved, still = alt, alt_moved, alt_still
+    start = np.array([1.0, 0.0, -dx, -dy])
+    if min(prev.shape) >= COARSE_SIDE:
+        # both starts at half size; its theta is the full size's with the translation
+        # halved (pixel p of the half picture is 2 p + 0.5 of the full one, and so are
+        # the centres): the full-size fit below goes on from the better one
+        half_prev, half_cur = _halved(prev), _halved(cur)
+        theta = _best_fit(half_prev, half_cur, start * [1.0, 1.0, 0.5, 0.5], scale)[0]
+        theta, moved, still, _ = _fit(prev, *_gradient(prev), cur, theta * [1.0, 1.0, 2.0, 2.0], scale)
+    else:
+        theta, moved, still = _best_fit(prev, cur, start, scale)[:3]
     # the forward map: p' = A (p - c) + c + t, A = B^-1 = [[zc, -zs], [zs, zc]], t = -A v
     alpha, beta, vx, vy = theta
     norm = alpha * alpha + beta * beta
