@@ -3,7 +3,7 @@
     python -m benchmarks.video [--video ../shared/data/video/Megamind.avi] [--frames 30]
                                [--size 360x264] [--preset medium] [--json out.json]
                                [--all-intra-scale 0.33] [--all-intra-from earlier.json]
-                               [--p-rate-slope 4.5]
+                               [--p-rate-slope 4.5] [--p-log-rate 3,0.25] [--p-log-layers 3]
 
 Encodes the clip's first frames with the default settings (GOP 30) and with ``--gop 1``
 (every frame an I-frame; ``--all-intra-scale`` scales its Gaussian counts, so that its
@@ -161,6 +161,10 @@ def main() -> None:
     ap.add_argument("--all-intra-from", metavar="JSON",
                     help="take the all-I half from an earlier run's --json (same clip, frames, size and "
                          "preset) instead of encoding it again: P-frame changes leave it as it was")
+    ap.add_argument("--p-log-rate", default=",".join(str(v) for v in CodingStructure.log_rate),
+                    help="C,KNEE: the P-frames' log rate proxy (CodingStructure.log_rate)")
+    ap.add_argument("--p-log-layers", type=int, default=CodingStructure.log_rate_layers,
+                    help="layers priced by the log proxy (CodingStructure.log_rate_layers; 0: all L1)")
     ap.add_argument("--p-rate-slope", type=float, default=CodingStructure.rate_slope,
                     help="P-frames' rate term, dB per bpp (CodingStructure.rate_slope)")
     args = ap.parse_args()
@@ -174,8 +178,11 @@ def main() -> None:
     settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
     results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal,
                "p_rate_slope": args.p_rate_slope, "global_motion": not args.no_global_motion}
+    log_rate = tuple(float(v) for v in args.p_log_rate.split(","))
+    results.update(p_log_rate=list(log_rate), p_log_layers=args.p_log_layers)
     print("P-frame coding (default, GOP 30):", flush=True)
-    structure = CodingStructure(rate_slope=args.p_rate_slope, global_motion=not args.no_global_motion)
+    structure = CodingStructure(rate_slope=args.p_rate_slope, global_motion=not args.no_global_motion,
+                                log_rate=log_rate, log_rate_layers=args.p_log_layers)
     results["gsvc"] = encode(frames, info.fps, settings, structure)
     if args.all_intra_from:
         earlier = json.loads(Path(args.all_intra_from).read_text())

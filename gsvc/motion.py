@@ -10,8 +10,9 @@ The model is a similarity about the picture's centre C: ``p' = zoom * R(angle) (
 + C + t`` maps a point of the previous frame to the new one. It is estimated on luma
 (at most ``MAX_SIDE`` pixels on the long side): integer translation from phase
 correlation, then robust Gauss-Newton (Cauchy weights: a moving object does not drag
-the camera's motion along) over the pixels both frames see, on the inverse map
-``u = B (p - C) + C + v`` (B a scaled rotation), which is linear in its four numbers.
+the camera's motion along; at half size first, ``COARSE_SIDE``) over the pixels both
+frames see, on the inverse map ``u = B (p - C) + C + v`` (B a scaled rotation), which
+is linear in its four numbers.
 Everything is float64, and every sum is taken in one fixed order (the Gauss-Newton
 step's warp and normal equations are serial numba loops over the pixels in raster
 order; no BLAS products, no parallel reductions): the same frames give the same

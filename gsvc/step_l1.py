@@ -1,6 +1,7 @@
 """The P-frames' rate proxy on the CPU: the L1 distance, in quantizer steps, of a layer's
-first K Gaussians to their reference (``base``, the reference's integers), and the
-soft threshold that shrinks it (video_encoder's ``_rate_bits`` and ``_shrink_towards``).
+first K Gaussians to their reference (``base``, the reference's integers), or its
+logarithmic form (``log_distance``), and the soft threshold that shrinks it
+(video_encoder's ``_rate_bits`` and ``_shrink_towards``).
 
 One numba pass each instead of a dozen small numpy operations a layer and iteration
 (360 times a layer in a Megamind P-frame). The float32 arithmetic is numpy's,
@@ -10,6 +11,8 @@ order. Parameters in FORMAT.md order: means [N, 2], chol [N, 3], colors [N, 3] a
 base [K, 8] and steps [8], all float32, K <= N.
 """
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -46,6 +49,40 @@ def step_distance(means: np.ndarray, chol: np.ndarray, colors: np.ndarray, base:
         total += _distance(params, col, base, steps, slope)
         col += params.shape[1]
     return 2.0 * total, slope
+
+
+@numba.njit(**_JIT)
+def _log_distance(params, col, base, steps, knee, slope):
+    """sum of log2(1 + |d| / knee) over the columns col.. of base, d = params[:K] / steps
+    - base (float64); slope[:, col..] <- sign(d) / (ln 2 (knee + |d|) steps) (float32)."""
+    k = base.shape[0]
+    width = params.shape[1]
+    total = 0.0
+    ln2 = math.log(2.0)
+    for i in range(k):
+        for j in range(width):
+            c = col + j
+            d = np.float64(params[i, j] / steps[c] - base[i, c])
+            a = abs(d)
+            total += math.log2(1.0 + a / knee)
+            slope[i, c] = np.float32(np.sign(d) / (ln2 * (knee + a) * np.float64(steps[c])))
+    return total
+
+
+def log_distance(means: np.ndarray, chol: np.ndarray, colors: np.ndarray, base: np.ndarray, steps: np.ndarray,
+                 scale: float, knee: float) -> tuple[float, np.ndarray]:
+    """(scale x sum log2(1 + |v / steps - base| / knee) over the first K Gaussians, slope
+    [K, 8] of that sum with respect to v): a change of d steps priced like the code length
+    of a difference, which grows with log |d|, steep near zero."""
+    assert knee > 0, knee
+    slope = np.empty(base.shape, dtype=np.float32)
+    total = 0.0
+    col = 0
+    for params in (means, chol, colors):
+        total += _log_distance(params, col, base, steps, float(knee), slope)
+        col += params.shape[1]
+    slope *= np.float32(scale)
+    return scale * total, slope
 
 
 @numba.njit(**_JIT)

@@ -5,7 +5,8 @@
 * **P-frames** start from the previous frame's *decoded* Gaussians, layer by layer,
   train jointly (the same P-GSVC objective) for at most ``CodingStructure.p_share`` of
   the I-frame iterations (fewer once the PSNR stops improving: ``plateau_window``),
-  with a rate term: an L1 proxy of the differences to the reference in the loss,
+  with a rate term: a proxy of the differences' bits to the reference in the loss
+  (logarithmic in each change, steep near zero: ``CodingStructure.log_rate``),
   each layer's bits priced at the exchange rate of the GOP's
   I-frame (``CodingStructure.rate_slope`` dB per bpp at the MSE of its layers 1..l: a
   picture the Gaussians draw coarsely pays more distortion per bit than one drawn
@@ -67,7 +68,7 @@ from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
 from .quantize import VIDEO_QUANT, QuantSettings, dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
 from .render import render
-from .step_l1 import distance_grads, shrink_towards, step_distance
+from .step_l1 import distance_grads, log_distance, shrink_towards, step_distance
 from .train import refine
 
 
@@ -109,7 +110,7 @@ class CodingStructure:
     #: rate term of P-frames: dB per bit per pixel, the RD slope its exchange rate assumes
     #: (``rate_term.rate_weight``, as an image's size-target fit prices bits: each
     #: layer's bits at the MSE of the GOP's I-frame drawn from layers 1..l). Its
-    #: gradient (an L1 proxy, ~2 bits per quantizer step of change) keeps Adam from
+    #: gradient (the proxy's, ``log_rate``; an L1 one before) keeps Adam from
     #: wandering where the picture does not ask for change; ``shrink`` then snaps such
     #: parameters to exactly unchanged. Against a constant weight (before: 1e-4 per bit
     #: per pixel, tuned on Megamind), 3 closed the gap to x264 on tree.avi from 5.3 to
@@ -120,8 +121,21 @@ class CodingStructure:
     #: against 3: tree.avi +0.42 / +0.33 / +0.28 dB, a pan over kodim07 +0.34 / +0.31 /
     #: +0.22, Megamind -0.01 / -0.04 / -0.13; 6: +0.67 / +0.52 / +0.47, +0.66 / +0.53 /
     #: +0.44, but Megamind +0.07 / -0.20 / -0.27 (docs/results.md, "P-frames round
-    #: their geometry for the bits")
+    #: their geometry for the bits"); with the log proxy 3.5 lost on tree.avi and at
+    #: Megamind's layer 1
     rate_slope: float = 4.5
+    #: the rate proxy's shape in the first ``log_rate_layers`` layers: (c, knee), c x
+    #: log2(1 + |d| / knee) bits for a change of |d| quantizer steps in place of 2 |d|.
+    #: A difference's code length grows with log |d| and its first step costs the most
+    #: (a zero costs a fraction of a bit under the peaked models, +-1 several): so the
+    #: proxy is steep near zero (c / (knee ln 2) bits a step) and flat for a real move.
+    #: Against the L1 proxy, the gap to x264 at the same bytes, layers 1 / 1-2 / 1-3:
+    #: Megamind +0.34 / +0.07 / +0.01 dB, tree.avi +0.14 / +0.08 / +0.04, a pan over
+    #: kodim07 +0.30 / +0.17 / +0.12; (3.5, 0.25) as good on the mean, worse on
+    #: Megamind; a knee of 1 or a flatter start spent bytes for little (docs/results.md,
+    #: "P-frames price a change by its logarithm"). ``log_rate_layers`` 0: L1 everywhere
+    log_rate: tuple[float, float] = (3.0, 0.25)
+    log_rate_layers: int = 3
     #: P-frame early stopping (``refine``'s ``plateau_window``): iterations per window;
     #: the full-size iterations end once a window's mean PSNR beats the one before by
     #: less than the preset's tolerance (a still shot has nothing to learn). 0: off.
@@ -172,6 +186,8 @@ class CodingStructure:
             raise GsvcError(f"--gop must be at least 1 (got {self.gop})")
         if not 0.0 <= self.deadzone < 0.5:
             raise GsvcError("the deadzone must lie in [0, 0.5)")
+        if self.log_rate_layers and not (self.log_rate[0] > 0 and self.log_rate[1] > 0):
+            raise GsvcError(f"the log rate proxy needs c > 0 and knee > 0 (got {self.log_rate})")
 
 
 @dataclass
@@ -214,13 +230,18 @@ class VideoSummary:
 FrameCallback = Callable[[FrameReport], None]
 
 
-class _StepL1(torch.autograd.Function):
+class _RateProxy(torch.autograd.Function):
     """``_rate_bits``' expression on the CPU as one node (gsvc.step_l1), value and gradient:
-    2 x sum |v / steps - base| over the first K Gaussians' parameters (FORMAT.md order)."""
+    2 x sum |v / steps - base| over the first K Gaussians' parameters (FORMAT.md order),
+    or with ``log`` = (c, knee) c x sum log2(1 + |v / steps - base| / knee)."""
 
     @staticmethod
-    def forward(ctx, means, chol, colors, base, steps):  # base [K, 8], steps [8]: float32 numpy
-        value, ctx.slope = step_distance(*(t.detach().numpy() for t in (means, chol, colors)), base, steps)
+    def forward(ctx, means, chol, colors, base, steps, log):  # base [K, 8], steps [8]: float32 numpy
+        params = tuple(t.detach().numpy() for t in (means, chol, colors))
+        if log is None:
+            value, ctx.slope = step_distance(*params, base, steps)
+        else:
+            value, ctx.slope = log_distance(*params, base, steps, *log)
         ctx.count = means.shape[0]
         return torch.tensor(value, dtype=torch.float32)
 
@@ -229,18 +250,28 @@ class _StepL1(torch.autograd.Function):
     def backward(ctx, grad):
         grads = distance_grads(ctx.slope, np.float32(grad), ctx.count, GaussianLayer.WIDTHS)
         ctx.slope = None
-        return tuple(torch.from_numpy(g) for g in grads) + (None, None)
+        return tuple(torch.from_numpy(g) for g in grads) + (None, None, None)
 
 
-def _rate_bits(base: Tensor, steps: Tensor) -> Callable[[GaussianLayer], Tensor]:
-    """Rate proxy of a predicted layer's kept Gaussians: ~2 bits per step of change."""
+def _rate_bits(base: Tensor, steps: Tensor,
+               log: tuple[float, float] | None = None) -> Callable[[GaussianLayer], Tensor]:
+    """Rate proxy of a predicted layer's kept Gaussians: ~2 bits per step of change, or
+    with ``log`` = (c, knee) c x log2(1 + |d| / knee) bits for a change of |d| steps."""
     if base.device.type == "cpu":
         base_np, steps_np = base.numpy(), steps.numpy()
-        return lambda layer: _StepL1.apply(*layer.tensors(), base_np, steps_np)
+        return lambda layer: _RateProxy.apply(*layer.tensors(), base_np, steps_np, log)
+    return _rate_bits_expression(base, steps, log)
+
+
+def _rate_bits_expression(base: Tensor, steps: Tensor,
+                          log: tuple[float, float] | None = None) -> Callable[[GaussianLayer], Tensor]:
+    """``_rate_bits`` as tensor operations (other devices; the CPU node's reference)."""
 
     def bits(layer: GaussianLayer) -> Tensor:
         cols = torch.cat(layer.tensors(), dim=1)[: base.shape[0]]
-        return 2.0 * (cols / steps - base).abs().sum()
+        if log is None:
+            return 2.0 * (cols / steps - base).abs().sum()
+        return log[0] * torch.log2(1.0 + (cols / steps - base).abs() / log[1]).sum()
 
     return bits
 
@@ -388,7 +419,7 @@ class _Encoder:
             keeps.append(keep)
             bases.append(torch.from_numpy(q[keep].astype(np.float32)).to(self.device))
         step_t = torch.tensor(self.steps, dtype=torch.float32, device=self.device)
-        rates = [_rate_bits(b, step_t) for b in bases]
+        rates = [_rate_bits(b, step_t, s.log_rate if l < s.log_rate_layers else None) for l, b in enumerate(bases)]
         shrinks = [_shrink_towards(b, step_t, s.shrink) for b in bases]
         iterations = max(1, round(self.settings.train.iterations * s.p_share))
         trained = refine(
