@@ -38,16 +38,24 @@ def _distance(params, col, base, steps, slope):
     return total
 
 
+def _by_columns(kernel, parts: tuple[np.ndarray, ...], base: np.ndarray, steps: np.ndarray,
+                *args) -> tuple[float, np.ndarray]:
+    """``kernel(params, col, base, steps, *args, slope)`` over the parameter tensors in
+    FORMAT.md order: the summed totals and the slope [K, 8] they fill."""
+    slope = np.empty(base.shape, dtype=np.float32)
+    total = 0.0
+    col = 0
+    for params in parts:
+        total += kernel(params, col, base, steps, *args, slope)
+        col += params.shape[1]
+    return total, slope
+
+
 def step_distance(means: np.ndarray, chol: np.ndarray, colors: np.ndarray, base: np.ndarray,
                   steps: np.ndarray) -> tuple[float, np.ndarray]:
     """(2 x sum |v / steps - base| over the first K Gaussians, slope [K, 8] of that sum
     with respect to v: sign(v / steps - base) * 2 / steps)."""
-    slope = np.empty(base.shape, dtype=np.float32)
-    total = 0.0
-    col = 0
-    for params in (means, chol, colors):
-        total += _distance(params, col, base, steps, slope)
-        col += params.shape[1]
+    total, slope = _by_columns(_distance, (means, chol, colors), base, steps)
     return 2.0 * total, slope
 
 
@@ -75,12 +83,7 @@ def log_distance(means: np.ndarray, chol: np.ndarray, colors: np.ndarray, base: 
     [K, 8] of that sum with respect to v): a change of d steps priced like the code length
     of a difference, which grows with log |d|, steep near zero."""
     assert knee > 0, knee
-    slope = np.empty(base.shape, dtype=np.float32)
-    total = 0.0
-    col = 0
-    for params in (means, chol, colors):
-        total += _log_distance(params, col, base, steps, float(knee), slope)
-        col += params.shape[1]
+    total, slope = _by_columns(_log_distance, (means, chol, colors), base, steps, float(knee))
     slope *= np.float32(scale)
     return scale * total, slope
 
