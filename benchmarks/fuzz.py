@@ -44,13 +44,14 @@ import numpy as np
 
 from bitstream import MAGIC, iter_chunks
 from bitstream.container import read_signature
-from bitstream.entropy import (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3, MODEL_BINNED, MODEL_CATEGORICAL,
-                               MODEL_GEOMETRIC, MODEL_PEAKED)
+from bitstream.entropy import (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3, COMPACT_CODERS, MODEL_BINNED,
+                               MODEL_CATEGORICAL, MODEL_GEOMETRIC, MODEL_PEAKED)
 from bitstream.layout import REF_MOVED, REF_PREVIOUS
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = {"image": ROOT / "tests" / "data" / "tiny.gsv", "video": ROOT / "tests" / "data" / "tiny_video.gsv",
-          "video-moved": ROOT / "tests" / "data" / "tiny_video_moved.gsv"}  # P-frames with reference 2
+          "video-moved": ROOT / "tests" / "data" / "tiny_video_moved.gsv",  # P-frames with reference 2
+          "video-inherited": ROOT / "tests" / "data" / "tiny_video_v4.gsv"}  # coder 4: inherited models
 
 #: outcome classes; the first two are fine, every other one is a failure
 DECODED, CLEAN = "decoded", "clean error"
@@ -167,15 +168,15 @@ def _layer_fields(payload: bytes, state: dict) -> list[Field]:
         (kept,) = struct.unpack_from(">I", payload, pos)
         fields.append(Field("LAYR.kept", "layer-prefix", pos, ">I"))
         fresh, pos = count - kept, pos + 4
-        lengths = [state[layer]] + [kept] * 8 + [fresh] * (7 if coder == CODER_RANGE_V3 else 8)
+        lengths = [state[layer]] + [kept] * 8 + [fresh] * (7 if coder in COMPACT_CODERS else 8)
     else:
         fresh, pos = count, 10
-        lengths = [count] * (7 if coder == CODER_RANGE_V3 else 8)
-    if coder == CODER_RANGE_V3 and fresh:
+        lengths = [count] * (7 if coder in COMPACT_CODERS else 8)
+    if coder in COMPACT_CODERS and fresh:
         more, pos = _position_fields(payload, pos)
         fields += more
     state[layer] = count
-    return fields + _entropy_fields(payload, pos, lengths, coder == CODER_RANGE_V3)
+    return fields + _entropy_fields(payload, pos, lengths, coder in COMPACT_CODERS)
 
 
 def _compact_head(payload: bytes, pos: int) -> tuple[int, int, list[Field], int]:

@@ -4,6 +4,7 @@
                                [--size 360x264] [--preset medium] [--json out.json]
                                [--all-intra-scale 0.33] [--all-intra-from earlier.json]
                                [--p-rate-slope 4.5] [--p-log-rate 3,0.25] [--p-log-layers 3]
+                               [--no-inherit]
 
 Encodes the clip's first frames with the default settings (GOP 30) and with ``--gop 1``
 (every frame an I-frame; ``--all-intra-scale`` scales its Gaussian counts, so that its
@@ -165,6 +166,8 @@ def main() -> None:
                     help="C,KNEE: the P-frames' log rate proxy (CodingStructure.log_rate)")
     ap.add_argument("--p-log-layers", type=int, default=CodingStructure.log_rate_layers,
                     help="layers priced by the log proxy (CodingStructure.log_rate_layers; 0: all L1)")
+    ap.add_argument("--no-inherit", action="store_true",
+                    help="P-frames write every model (coder 3; CodingStructure.inherit_models off)")
     ap.add_argument("--p-rate-slope", type=float, default=CodingStructure.rate_slope,
                     help="P-frames' rate term, dB per bpp (CodingStructure.rate_slope)")
     args = ap.parse_args()
@@ -182,7 +185,8 @@ def main() -> None:
     results.update(p_log_rate=list(log_rate), p_log_layers=args.p_log_layers)
     print("P-frame coding (default, GOP 30):", flush=True)
     structure = CodingStructure(rate_slope=args.p_rate_slope, global_motion=not args.no_global_motion,
-                                log_rate=log_rate, log_rate_layers=args.p_log_layers)
+                                log_rate=log_rate, log_rate_layers=args.p_log_layers,
+                                inherit_models=not args.no_inherit)
     results["gsvc"] = encode(frames, info.fps, settings, structure)
     if args.all_intra_from:
         earlier = json.loads(Path(args.all_intra_from).read_text())

@@ -9,13 +9,22 @@ from .container import (
     write_chunk,
     write_signature,
 )
-from .entropy import CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3, CODERS, decode_streams, encode_streams
+from .entropy import (
+    CODER_RANGE_V1,
+    CODER_RANGE_V2,
+    CODER_RANGE_V3,
+    CODER_RANGE_V4,
+    CODERS,
+    decode_streams,
+    encode_streams,
+)
 from .layout import Header, LayerChunk, read_stream, write_stream
 
 __all__ = [
     "CODER_RANGE_V1",
     "CODER_RANGE_V2",
     "CODER_RANGE_V3",
+    "CODER_RANGE_V4",
     "CODERS",
     "FORMAT_VERSION",
     "MAGIC",

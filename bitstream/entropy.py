@@ -63,7 +63,12 @@ CODER_RANGE_V1 = 1
 CODER_RANGE_V2 = 2
 #: coder 3: coder 2's models, positions coded as a point set (gaps, raw bits); FORMAT.md 4.3
 CODER_RANGE_V3 = 3
-CODERS = (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3)
+#: coder 4: coder 3, and a video P-frame's streams may take their model from the same
+#: stream of the previous frame (``MODEL_INHERITED``); FORMAT.md section 4.4
+CODER_RANGE_V4 = 4
+CODERS = (CODER_RANGE_V1, CODER_RANGE_V2, CODER_RANGE_V3, CODER_RANGE_V4)
+#: coders with compact descriptors and raw fields (section 4.3)
+COMPACT_CODERS = (CODER_RANGE_V3, CODER_RANGE_V4)
 
 MODEL_CATEGORICAL = 0
 MODEL_UNIFORM = 1
@@ -71,8 +76,11 @@ MODEL_CONSTANT = 2
 MODEL_GEOMETRIC = 3
 MODEL_PEAKED = 4
 MODEL_BINNED = 5
+#: coder 4: a peaked model fitted to the stream's history (``inherited_model``)
+MODEL_INHERITED = 6
 MODEL_NAMES = {MODEL_CATEGORICAL: "categorical", MODEL_UNIFORM: "uniform", MODEL_CONSTANT: "constant",
-               MODEL_GEOMETRIC: "geometric", MODEL_PEAKED: "peaked", MODEL_BINNED: "binned"}
+               MODEL_GEOMETRIC: "geometric", MODEL_PEAKED: "peaked", MODEL_BINNED: "binned",
+               MODEL_INHERITED: "inherited"}
 MODELS = tuple(MODEL_NAMES)
 #: alphabet sizes S each model takes (bitstream.limits: constriction's own limits)
 ALPHABET_RANGES = {
@@ -82,12 +90,15 @@ ALPHABET_RANGES = {
     MODEL_GEOMETRIC: (2, MAX_GEOMETRIC_ALPHABET),
     MODEL_PEAKED: (2, MAX_TABLE_FREE_ALPHABET),
     MODEL_BINNED: (2, MAX_TABLE_FREE_ALPHABET),
+    MODEL_INHERITED: (2, MAX_TABLE_FREE_ALPHABET),
 }
-#: the models each coder's encoder may choose (a reader accepts any model in any coder)
+#: the models each coder's encoder may choose (a reader accepts any model in any coder;
+#: the inherited one only where its stream has a history, section 4.4)
 CODER_MODELS = {
     CODER_RANGE_V1: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_CATEGORICAL, MODEL_GEOMETRIC),
     CODER_RANGE_V2: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED),
     CODER_RANGE_V3: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED),
+    CODER_RANGE_V4: (MODEL_CONSTANT, MODEL_UNIFORM, MODEL_PEAKED, MODEL_BINNED, MODEL_INHERITED),
 }
 #: raw fields (coder 3) are coded in pieces of at most this many bits, each with
 #: ``Uniform(2^w)``; a field is at most RAW_MAX_WIDTH bits wide
@@ -267,7 +278,7 @@ class _Model:
             return probs / probs.sum()
         if self.kind == MODEL_GEOMETRIC:
             return geometric_probabilities(self.min_symbol, self.size, self.theta_code, self.centre_code)
-        if self.kind == MODEL_PEAKED:
+        if self.kind in (MODEL_PEAKED, MODEL_INHERITED):
             return peaked_probabilities(self.min_symbol, self.size, self.mode, self.centre_code,
                                         self.left_code, self.left_theta, self.right_theta)
         assert self.kind == MODEL_BINNED, self.kind
@@ -399,6 +410,42 @@ def _peaked_model(counts: np.ndarray, lo: int, size: int) -> _Model:
                   right_theta=_best_tail(np.concatenate([[0], counts[mode_at + 1 :]])))
 
 
+def _ratio16(num: int, den: int) -> int:
+    """num / den as a 16-bit code in [1, 65535], rounded half up, in integers."""
+    return min(max((2 * GEOMETRIC_ONE * num + den) // (2 * den), 1), GEOMETRIC_ONE - 1)
+
+
+def _most_frequent(history: np.ndarray) -> tuple[int, int]:  # [n >= 1] -> (value, count)
+    """The most frequent value of ``history`` (the smallest of ties) and its count."""
+    lo, hi = int(history.min()), int(history.max())
+    if hi - lo < (1 << 20):
+        counts = np.bincount(history - lo)
+        at = int(np.argmax(counts))
+        return lo + at, int(counts[at])
+    values, counts = np.unique(history, return_counts=True)
+    at = int(np.argmax(counts))
+    return int(values[at]), int(counts[at])
+
+
+def inherited_model(history: np.ndarray, lo: int, size: int) -> _Model | None:
+    """Coder 4's inherited model (FORMAT.md section 4.4): a peaked model over [lo, lo +
+    size) whose mode and codes are fitted, in integers, to ``history`` (the same stream
+    of the previous frame: int64 values, at least one); None when the mode lies outside
+    the alphabet. Nothing of it is written but its alphabet: a P-frame's streams look
+    like the last frame's, and ~10 bytes of descriptor a stream were ~10 % of a P-frame."""
+    history = np.asarray(history, dtype=np.int64).ravel()
+    mode, n0 = _most_frequent(history)
+    if not lo <= mode <= lo + size - 1:
+        return None
+    below, above = history[history < mode], history[history > mode]
+    nb, na = int(below.size), int(above.size)
+    sb = int((mode - 1 - below).sum())  # distances beyond the first step, each side
+    sa = int((above - mode - 1).sum())
+    return _Model(MODEL_INHERITED, lo, size, None, centre_code=_ratio16(n0 + 1, history.size + 2), mode=mode,
+                  left_code=_ratio16(nb + 1, nb + na + 2), left_theta=_ratio16(sb + 1, sb + nb + 2),
+                  right_theta=_ratio16(sa + 1, sa + na + 2))
+
+
 def _table_free_candidates(symbols: np.ndarray, lo: int, size: int) -> list[_Model]:
     """Peaked and binned models fitted to ``symbols`` (alphabet [lo, lo + size))."""
     counts = np.bincount(symbols - lo, minlength=size)
@@ -451,9 +498,10 @@ def peaked_tail_slopes(symbols: np.ndarray) -> tuple[int, float, float]:
             -float(np.log2(model.right_theta / GEOMETRIC_ONE)))
 
 
-def _choose_model_v2(symbols: np.ndarray, compact: bool = False) -> _Model:
-    """Coders 2 and 3: the cheapest of uniform, peaked and binned (constant for one
-    value), descriptors counted as written (``compact``: coder 3's)."""
+def _choose_model_v2(symbols: np.ndarray, compact: bool = False, history: np.ndarray | None = None) -> _Model:
+    """Coders 2 to 4: the cheapest of uniform, peaked and binned (constant for one
+    value), descriptors counted as written (``compact``: coder 3's); with a ``history``
+    (coder 4) the inherited model too."""
     lo, size = _alphabet(symbols)
     if size == 1:
         return _Model(MODEL_CONSTANT, lo, 1, None)
@@ -462,7 +510,12 @@ def _choose_model_v2(symbols: np.ndarray, compact: bool = False) -> _Model:
         return best
     best_bits = symbols.size * np.log2(size) + 8.0 * len(best.descriptor(compact))
     values, counts = np.unique(symbols - lo, return_counts=True)
-    for model in _table_free_candidates(symbols, lo, size):
+    candidates = _table_free_candidates(symbols, lo, size)
+    if history is not None and history.size:
+        candidates.append(inherited_model(history, lo, size))
+    for model in candidates:
+        if model is None:
+            continue
         bits = _model_bits(model, values, counts, compact)
         if bits < best_bits:
             best, best_bits = model, bits
@@ -488,7 +541,8 @@ def _raw_pieces(values: np.ndarray, widths: np.ndarray) -> list[tuple[np.ndarray
 
 
 def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: int = CODER_RANGE_V1,
-                   raw: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
+                   raw: tuple[np.ndarray, np.ndarray] | None = None,
+                   history: list[np.ndarray | None] | None = None) -> bytes:
     """Code integer arrays into one payload: model descriptors, then coded words.
 
     Lengths are not stored: the reader passes them to ``decode_streams``.
@@ -497,23 +551,30 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: in
     streams never use it, so their bytes stay as they were). ``raw`` (coder 3): fields
     (values, widths) coded after the streams as plain bits, 0 <= value < 2^width,
     0 <= width <= 62; their widths are not stored (the reader derives them).
+    ``history`` (coder 4): per stream, the values its inherited model is fitted to
+    (section 4.4), or None; the reader passes the same to ``decode_streams``.
     """
     if coder not in CODERS:
         raise ValueError(f"unknown coder {coder}")
-    if raw is not None and coder != CODER_RANGE_V3:
+    if raw is not None and coder not in COMPACT_CODERS:
         raise ValueError(f"coder {coder} has no raw fields")
+    if history is not None and (coder != CODER_RANGE_V4 or len(history) != len(streams)):
+        raise ValueError("a history is coder 4's, one entry a stream")
     import constriction
 
     RangeEncoder = constriction.stream.queue.RangeEncoder
 
     head = io.BytesIO()
     encoder = RangeEncoder()
-    for symbols in streams:
+    compact = coder in COMPACT_CODERS
+    for i, symbols in enumerate(streams):
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
         if symbols.size == 0:  # nothing to code, no descriptor (the reader knows the length)
             continue
-        compact = coder == CODER_RANGE_V3
-        m = _choose_model(symbols, geometric) if coder == CODER_RANGE_V1 else _choose_model_v2(symbols, compact)
+        if coder == CODER_RANGE_V1:
+            m = _choose_model(symbols, geometric)
+        else:
+            m = _choose_model_v2(symbols, compact, history[i] if history is not None else None)
         head.write(m.descriptor(compact))
         if m.kind != MODEL_CONSTANT:
             encoder.encode((symbols - m.min_symbol).astype(np.int32), m.constriction())
@@ -533,23 +594,25 @@ def encode_streams(streams: list[np.ndarray], geometric: bool = False, coder: in
 
 
 def decode_streams(payload: bytes, lengths: list[int], raw_widths=None,
-                   coder: int = CODER_RANGE_V1) -> list[np.ndarray]:
+                   coder: int = CODER_RANGE_V1, history: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Inverse of ``encode_streams``; returns int64 arrays of the given lengths.
 
     ``raw_widths`` (coder 3 payloads with raw fields): called with the decoded streams,
     returns the raw fields' widths (int64, each in [0, 62]: it raises StreamError on
     streams that imply others); the raw values are then appended to the result.
-    ``coder``: the stream's (coder 3 writes compact descriptors; 1 and 2 read alike).
+    ``coder``: the stream's (coders 3 and 4 write compact descriptors; 1 and 2 read
+    alike). ``history``: as given to ``encode_streams`` (an inherited model where a
+    stream has none is a corrupt stream).
     Every descriptor field is range-checked before anything is allocated for it, and
     any error of the entropy decoder becomes a StreamError.
     """
     pos = 0
     models = []
-    for n in lengths:
+    for i, n in enumerate(lengths):
         if n == 0:  # no descriptor, nothing coded
             models.append(_Model(MODEL_CONSTANT, 0, 1, None))
             continue
-        model, pos = _read_model(payload, pos, coder == CODER_RANGE_V3)
+        model, pos = _read_model(payload, pos, coder in COMPACT_CODERS, history[i] if history else None)
         models.append(model)
     words = _read_words(payload, pos)
     return _entropy_decode(models, lengths, words, raw_widths)
@@ -574,9 +637,11 @@ def _read_compact_head(payload: bytes, pos: int) -> tuple[tuple[int, int, int], 
     return (kind, int(lo), int(size)), pos
 
 
-def _read_model(payload: bytes, pos: int, compact: bool = False) -> tuple[_Model, int]:
+def _read_model(payload: bytes, pos: int, compact: bool = False,
+                history: np.ndarray | None = None) -> tuple[_Model, int]:
     """One model descriptor at ``pos`` (FORMAT.md, section 4; ``compact``: coder 3's,
-    section 4.3), checked field by field."""
+    section 4.3), checked field by field; ``history``: the values an inherited model
+    is fitted to (section 4.4)."""
     if compact:
         (kind, lo, size), pos = _read_compact_head(payload, pos)
     else:
@@ -586,6 +651,13 @@ def _read_model(payload: bytes, pos: int, compact: bool = False) -> tuple[_Model
     smallest, largest = ALPHABET_RANGES[kind]
     check_range(f"alphabet size of a {MODEL_NAMES[kind]} model", size, smallest, largest)
     check_range("largest symbol of a model", lo + size - 1, INT32_MIN, INT32_MAX)
+    if kind == MODEL_INHERITED:
+        if history is None or not history.size:
+            raise StreamError("corrupt stream: an inherited model where the stream has no history")
+        model = inherited_model(history, lo, size)
+        if model is None:
+            raise StreamError("corrupt stream: an inherited model's mode lies outside its alphabet")
+        return model, pos
     if kind == MODEL_CATEGORICAL:
         counts, pos = _read_uvarints(payload, pos, size)
         check_range("largest entry of a count table", int(counts.max()), 0, MAX_SYMBOL_COUNT)

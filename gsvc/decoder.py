@@ -363,22 +363,35 @@ class VideoReader:
 
     def models(self) -> Iterator[tuple[VideoFrame, list[np.ndarray]]]:
         """Each frame's chunks and its integer layers [N_l, 8] (1..k), as the encoder saw them."""
-        from .layer_codec import decode_intra, decode_predicted
+        for frame, q, _ in self.layer_parts():
+            yield frame, q
+
+    def layer_parts(self) -> Iterator[tuple[VideoFrame, list[np.ndarray], list | None]]:
+        """``models`` and, for a P-frame, its layers' ``layer_codec.PredictedParts`` (the
+        differences, keep flags, new Gaussians and streams as coded; None for an I-frame)."""
+        import numpy as np
+
+        from .layer_codec import decode_intra, predicted_parts
 
         reference: list[np.ndarray] | None = None
+        history: list = []  # per layer: the last P-frame's streams (coder 4 inherits models from them)
         coder = self.stream.header.coder
         for frame in self.chunks():
+            parts = None
             try:
                 if frame.header.type == FRAME_I:
                     q = [decode_intra(c.data, c.count, coder) for c in frame.layers]
+                    history = [None] * len(q)
                 else:
                     assert reference is not None  # the stream reader rejects a P first frame
-                    q = [decode_predicted(c.data, ref, c.count, coder, moved=c.reference == REF_MOVED)
-                         for c, ref in zip(frame.layers, reference)]
+                    parts = [predicted_parts(c.data, ref, c.count, coder, c.reference == REF_MOVED, h)
+                             for c, ref, h in zip(frame.layers, reference, history)]
+                    q = [np.concatenate([p.reference[p.keep] + p.diff, p.new], axis=0) for p in parts]
+                    history = [p.streams for p in parts]
             except StreamError as e:
                 raise _named(self._source, StreamError(f"frame {frame.header.frame}: {e}")) from None
             reference = q
-            yield frame, q
+            yield frame, q, parts
 
     def frames(self, scale: float = 1.0, device: str = "cpu", backend: str | None = None,
                size: tuple[int, int] | None = None) -> Iterator[DecodedFrame]:

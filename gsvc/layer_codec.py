@@ -16,7 +16,10 @@ symbol streams of a layer chunk's payload (FORMAT.md sections 3 and 7):
   ones (reference order), then N - K new Gaussians coded as an intra layer. The
   decoded layer is the kept Gaussians in reference order followed by the new ones.
   A **moved** predicted layer (reference 2) first moves the reference by a global
-  motion (``GlobalMotion``: a camera pan, zoom and roll) written ahead of it.
+  motion (``GlobalMotion``: a camera pan, zoom and roll) written ahead of it. With
+  coder 4 (video streams) each of its 16 streams may take its model from the same
+  stream of the previous frame's same layer (its ``History``, which both directions
+  hand on frame to frame) instead of writing one.
 
 Every ``encode_*`` returns the payload and the layer exactly as the decoder will see
 it, so an encoder keeps the decoder's view as the next frame's reference. Every
@@ -37,6 +40,8 @@ from bitstream.entropy import (
     CODER_RANGE_V1,
     CODER_RANGE_V2,
     CODER_RANGE_V3,
+    CODER_RANGE_V4,
+    COMPACT_CODERS,
     INT32_MAX,
     INT32_MIN,
     RAW_MAX_WIDTH,
@@ -47,8 +52,11 @@ from bitstream.entropy import (
 )
 
 NPARAMS = 8
-#: the coder new streams are written with (coder-1 and coder-2 streams keep decoding)
+#: the coder new picture streams are written with (coder-1 and coder-2 streams keep decoding)
 DEFAULT_CODER = CODER_RANGE_V3
+#: the coder new video streams are written with: coder 3, whose P-frame streams may
+#: inherit their models from the previous frame (FORMAT.md section 4.4)
+DEFAULT_VIDEO_CODER = CODER_RANGE_V4
 
 
 def sort_intra(q: np.ndarray) -> np.ndarray:  # [N, 8] -> [N, 8]
@@ -248,7 +256,7 @@ def position_bits(q: np.ndarray, coder: int) -> float:  # [N, 8] -> bits of all 
     """Bits a layer's positions cost under ``coder`` (its position streams coded alone)."""
     if len(q) == 0:
         return 0.0
-    if coder == CODER_RANGE_V3:
+    if coder in COMPACT_CODERS:
         return position_code(q).bits()
     streams = _intra_streams(sort_intra(q), coder)[:2]
     return float(sum(8 * (len(encode_streams([s], coder=coder)) - 4) for s in streams))
@@ -259,7 +267,7 @@ def encode_intra(q: np.ndarray, coder: int, geometric: bool = False) -> tuple[by
     by (q_y, q_x), or coder 3's position code's order). ``geometric``: coder 1 may use
     its geometric model (video streams)."""
     q = np.asarray(q, dtype=np.int64).reshape(-1, NPARAMS)
-    if coder == CODER_RANGE_V3:
+    if coder in COMPACT_CODERS:
         prefix, streams, raw, q = _encode_intra_v3(q)
         return prefix + encode_streams(streams, coder=coder, raw=raw), q
     q = sort_intra(q)
@@ -267,7 +275,7 @@ def encode_intra(q: np.ndarray, coder: int, geometric: bool = False) -> tuple[by
 
 
 def decode_intra(payload: bytes, count: int, coder: int) -> np.ndarray:  # -> [count, 8]
-    if coder == CODER_RANGE_V3:
+    if coder in COMPACT_CODERS:
         head, pos = read_position_prefix(payload, 0)
         *streams, raw = decode_streams(payload[pos:], [count] * (NPARAMS - 1),
                                        raw_widths=lambda s: position_raw_widths(s[0], head[0]), coder=coder)
@@ -335,21 +343,44 @@ class GlobalMotion:
         return cls(int(tx), int(ty), int(dzc) + ZOOM_ONE, int(zs), int(ds)), end
 
 
-def encode_predicted(
+#: streams of a predicted layer with coders 3 and 4: keep flags, 8 differences, the new
+#: Gaussians' 7 (empty when there are none): a P-frame's stream i inherits its model from
+#: stream i of the same layer of the previous frame (coder 4)
+PREDICTED_STREAMS = 1 + NPARAMS + NPARAMS - 1
+
+#: per stream of a predicted layer, the values of the same stream in the previous frame
+#: (coder 4's inherited models; an empty array where there is none)
+History = list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class PredictedCode:
+    """A predicted layer as coded: payload, the decoder's view, and its streams (the
+    ``History`` of the next frame's same layer)."""
+
+    payload: bytes
+    q: np.ndarray  # [N, 8] the kept Gaussians in reference order, then the new ones
+    streams: History
+
+
+def code_predicted(
     reference: np.ndarray,  # [M, 8] the same layer of the previous decoded frame
     keep: np.ndarray,  # [M] bool
     kept: np.ndarray,  # [K, 8] new values of the kept Gaussians, reference order
     new: np.ndarray,  # [N - K, 8] Gaussians added in this frame
     coder: int,
     motion: GlobalMotion | None = None,
-) -> tuple[bytes, np.ndarray]:
-    """Payload of a predicted layer and the decoder's view ([K + (N - K), 8]).
+    history: History | None = None,
+) -> PredictedCode:
+    """A predicted layer's payload, the decoder's view ([K + (N - K), 8]) and streams.
 
     ``motion``: a moved layer (reference 2): ``reference`` is the previous frame's layer
-    as decoded, and the differences of ``kept`` are to it after ``motion.apply``."""
+    as decoded, and the differences of ``kept`` are to it after ``motion.apply``.
+    ``history`` (coder 4): the previous frame's streams of this layer (``PredictedCode
+    .streams``), or None after an I-frame."""
     if motion is not None:
-        payload, q = encode_predicted(motion.apply(reference), keep, kept, new, coder)
-        return motion.to_bytes() + payload, q
+        code = code_predicted(motion.apply(reference), keep, kept, new, coder, history=history)
+        return PredictedCode(motion.to_bytes() + code.payload, code.q, code.streams)
     keep = np.asarray(keep, dtype=bool)
     assert keep.shape == (reference.shape[0],) and kept.shape == (int(keep.sum()), NPARAMS), (
         keep.shape, kept.shape, reference.shape)
@@ -357,15 +388,26 @@ def encode_predicted(
     diff = kept - reference[keep]
     diff_streams = [diff[:, j] for j in range(5)] + colour_streams(diff, coder)
     head = struct.pack(">I", kept.shape[0])
-    if coder == CODER_RANGE_V3:
+    if coder in COMPACT_CODERS:
         prefix, new_streams, raw, new = _encode_intra_v3(new)
-        streams = [keep.astype(np.int64)] + diff_streams + new_streams
-        payload = head + prefix + encode_streams(streams, coder=coder, raw=raw)
-        return payload, np.concatenate([kept, new], axis=0)
+        empty = np.zeros(0, dtype=np.int64)
+        streams = [keep.astype(np.int64)] + diff_streams + (new_streams or [empty] * (NPARAMS - 1))
+        known = history if coder == CODER_RANGE_V4 and history is not None else None
+        payload = head + prefix + encode_streams(streams, coder=coder, raw=raw, history=known)
+        return PredictedCode(payload, np.concatenate([kept, new], axis=0), streams)
+    if history is not None:
+        raise ValueError(f"coder {coder} inherits no models")
     new = sort_intra(new)
     streams = [keep.astype(np.int64)] + diff_streams + _intra_streams(new, coder)
     payload = head + encode_streams(streams, geometric=True, coder=coder)
-    return payload, np.concatenate([kept, new], axis=0)
+    return PredictedCode(payload, np.concatenate([kept, new], axis=0), streams)
+
+
+def encode_predicted(reference: np.ndarray, keep: np.ndarray, kept: np.ndarray, new: np.ndarray, coder: int,
+                     motion: GlobalMotion | None = None) -> tuple[bytes, np.ndarray]:
+    """``code_predicted`` without a history: (payload, decoder's view)."""
+    code = code_predicted(reference, keep, kept, new, coder, motion)
+    return code.payload, code.q
 
 
 @dataclass(frozen=True)
@@ -376,27 +418,29 @@ class PredictedParts:
     keep: np.ndarray  # [M] bool
     diff: np.ndarray  # [K, 8] differences of the kept Gaussians, reference order
     new: np.ndarray  # [N - K, 8] Gaussians added in this frame, sorted
+    streams: History  # as decoded: the next frame's history (``code_predicted``)
 
 
 def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: int,
-                    moved: bool = False) -> PredictedParts:
+                    moved: bool = False, history: History | None = None) -> PredictedParts:
     """The parts of a predicted layer; ``moved``: a moved one (reference 2), whose
-    payload starts with its ``GlobalMotion``."""
+    payload starts with its ``GlobalMotion``; ``history``: as ``code_predicted``'s."""
     if moved:
         motion, pos = GlobalMotion.read(payload)
-        return predicted_parts(payload[pos:], motion.apply(reference), count, coder)
+        return predicted_parts(payload[pos:], motion.apply(reference), count, coder, history=history)
     if len(payload) < 4:
         raise StreamError("corrupt stream: predicted layer too short")
     (k,) = struct.unpack_from(">I", payload, 0)
     m = reference.shape[0]
     check_range("kept Gaussians of a predicted layer", k, 0, min(m, count))  # before any stream is decoded
-    if coder == CODER_RANGE_V3:
+    if coder in COMPACT_CODERS:
         pos, head, fresh = 4, None, count - k
         if fresh:
             head, pos = read_position_prefix(payload, 4)
         lengths = [m] + [k] * NPARAMS + [fresh] * (NPARAMS - 1)
         widths = (lambda s: position_raw_widths(s[1 + NPARAMS], head[0])) if fresh else (lambda s: [])
-        *streams, raw = decode_streams(payload[pos:], lengths, raw_widths=widths, coder=coder)
+        known = history if coder == CODER_RANGE_V4 else None
+        *streams, raw = decode_streams(payload[pos:], lengths, raw_widths=widths, coder=coder, history=known)
         new = (_decode_intra_v3(head, streams[1 + NPARAMS :], raw) if fresh
                else np.zeros((0, NPARAMS), dtype=np.int64))
     else:
@@ -408,12 +452,18 @@ def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: in
         raise StreamError("corrupt stream: keep flags disagree with the kept count")
     diff_streams = streams[1:6] + _from_colour_streams(streams[6 : 1 + NPARAMS], coder)
     diff = np.stack(diff_streams, axis=1).reshape(-1, NPARAMS)
-    return PredictedParts(reference, keep.astype(bool), diff, new)
+    return PredictedParts(reference, keep.astype(bool), diff, new, streams)
+
+
+def read_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int, moved: bool = False,
+                   history: History | None = None) -> tuple[np.ndarray, History]:  # -> [count, 8], streams
+    """A predicted layer and its streams (the next frame's history); ``moved``: a moved
+    one (reference 2), whose payload starts with its ``GlobalMotion``."""
+    parts = predicted_parts(payload, reference, count, coder, moved, history)
+    return np.concatenate([parts.reference[parts.keep] + parts.diff, parts.new], axis=0), parts.streams
 
 
 def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int,
                      moved: bool = False) -> np.ndarray:  # -> [count, 8]
-    """A predicted layer; ``moved``: a moved one (reference 2), whose payload starts
-    with its ``GlobalMotion``."""
-    parts = predicted_parts(payload, reference, count, coder, moved)
-    return np.concatenate([parts.reference[parts.keep] + parts.diff, parts.new], axis=0)
+    """``read_predicted`` without a history: the layer."""
+    return read_predicted(payload, reference, count, coder, moved)[0]

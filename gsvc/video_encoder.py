@@ -14,8 +14,10 @@
   soft-thresholded towards its reference value, ``shrink``), so parameters whose
   change does not pay for itself stay exactly unchanged. Each layer
   codes the deadzone-quantized differences to the reference
-  (``layer_codec.encode_predicted``); unchanged values cost next to nothing under the
-  zero-inflated geometric entropy model. When the camera pans, zooms or rolls, the
+  (``layer_codec.code_predicted``); unchanged values cost next to nothing under the
+  zero-inflated geometric entropy model, and each stream may take that model from
+  the same stream of the previous frame instead of writing it (coder 4,
+  ``inherit_models``). When the camera pans, zooms or rolls, the
   reference is first moved by the frame's global motion
   (``motion.estimate_global_motion``, measured between the source frames; a moved
   layer, FORMAT.md section 7.4), so
@@ -52,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bitstream import Header, LayerChunk
+from bitstream import CODER_RANGE_V3, CODER_RANGE_V4, Header, LayerChunk
 from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
 from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
 
@@ -62,7 +64,7 @@ from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
 from .errors import GsvcError
 from .geometry_rounding import round_predicted_geometry
 from .init import init_enhancement_layer
-from .layer_codec import GlobalMotion, encode_predicted
+from .layer_codec import GlobalMotion, code_predicted
 from .metrics import mse, psnr, psnr_from_mse
 from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
@@ -180,6 +182,14 @@ class CodingStructure:
     #: the stream's quantizer steps: a video's own (finer than a picture's), in place of
     #: ``EncodeSettings.quant``
     quant: QuantSettings = VIDEO_QUANT
+    #: a P-frame's streams may take their model from the same stream of the previous
+    #: frame instead of writing one (coder 4, FORMAT.md section 4.4): a coder-3 request
+    #: writes coder 4. Off: coder 3 exactly (benchmarks compare the two)
+    inherit_models: bool = True
+
+    def coder_for(self, coder: int) -> int:
+        """The coder a video stream is written with, for the settings' ``coder``."""
+        return CODER_RANGE_V4 if self.inherit_models and coder == CODER_RANGE_V3 else coder
 
     def __post_init__(self) -> None:
         if self.gop < 1:
@@ -332,6 +342,8 @@ class _Encoder:
         self.device, self.backend = settings.device_and_backend()
         self.generator = torch.Generator().manual_seed(unit_seed(settings.train.seed, unit))
         self.reference: list[np.ndarray] | None = None  # decoder's integer layers of the last frame
+        #: per layer, the last P-frame's streams (coder 4's inherited models); None after an I-frame
+        self.history: list = []
         self.gop_psnr = 0.0  # the current GOP's I-frame PSNR
         #: per layer l, the MSE of the GOP's I-frame decoded from layers 1..l: the distortion
         #: P-frames price their bits against (None: not yet known, see ``_anchor``)
@@ -457,17 +469,21 @@ class _Encoder:
             rounding = replace(self.settings.train.colour_rounding, passes=s.rounding_passes, slope=s.rate_slope)
             ints = round_predicted(ints, [b[:, 5:8] for b in bases], cpu_target, self.steps,
                                    self.settings.train.intermediate_weight, coder, rounding)
-        chunks, decoded = [], []
-        for l, (q_all, keep, q_ref) in enumerate(zip(ints, keeps, self.reference), start=1):
+        chunks, decoded, history = [], [], []
+        known = self.history if len(self.history) == len(self.reference) else [None] * len(self.reference)
+        for l, (q_all, keep, q_ref, h) in enumerate(zip(ints, keeps, self.reference, known), start=1):
             k = int(keep.sum())
-            payload, q = encode_predicted(q_ref, keep, q_all[:k], q_all[k:], coder, motion)
+            code = code_predicted(q_ref, keep, q_all[:k], q_all[k:], coder, motion, h)
             reference = REF_MOVED if motion else REF_PREVIOUS
             # where motion is wild, coding every Gaussian afresh (keep none) can be cheaper
-            fresh = encode_predicted(q_ref, np.zeros(len(q_ref), bool), np.zeros((0, 8), np.int64), q_all, coder)
-            if len(fresh[0]) < len(payload):
-                (payload, q), reference = fresh, REF_PREVIOUS
-            chunks.append(LayerChunk(layer=l, count=q.shape[0], data=payload, reference=reference))
-            decoded.append(q)
+            fresh = code_predicted(q_ref, np.zeros(len(q_ref), bool), np.zeros((0, 8), np.int64), q_all, coder,
+                                   history=h)
+            if len(fresh.payload) < len(code.payload):
+                code, reference = fresh, REF_PREVIOUS
+            chunks.append(LayerChunk(layer=l, count=code.q.shape[0], data=code.payload, reference=reference))
+            decoded.append(code.q)
+            history.append(code.streams)
+        self.history = history
         return chunks, decoded
 
     def frame(self, index: int, rgb: np.ndarray) -> tuple[int, list[LayerChunk], FrameReport]:
@@ -493,6 +509,7 @@ class _Encoder:
                         self.rate_mse = self._anchor(self._level_mse(decoded, rgb))
         if chunks is None:
             chunks, decoded = self.intra(rgb)
+            self.history = [None] * len(decoded)
             self.since_i = 0
             levels = self._level_mse(decoded, rgb)  # its last is the whole frame's: one render fewer
             value = self.gop_psnr = psnr_from_mse(levels[-1])
@@ -621,6 +638,7 @@ def encode_video(
     written in order as they are coded; ``on_frame`` and ``on_progress`` follow them.
     """
     structure = structure or CodingStructure()
+    settings = replace(settings, coder=structure.coder_for(settings.coder))
     begin = time.perf_counter()
     counts = settings.counts_for(width, height)
     steps = structure.quant.steps()

@@ -4,7 +4,8 @@ Run `python tests/golden.py [CODER ...]` only on a deliberate format change; it
 rewrites tests/data/tiny*.gsv and tiny*.png (those of the coders named; all without).
 Each stream exists once per entropy coder: coder 1 (tiny.gsv, tiny_video.gsv, pinned
 since the first release), coder 2 (tiny_v2.gsv, tiny_video_v2.gsv) and coder 3
-(tiny_v3.gsv, tiny_video_v3.gsv).
+(tiny_v3.gsv, tiny_video_v3.gsv); coder 4 (inherited models, video only) has
+tiny_video_v4.gsv.
 """
 from pathlib import Path
 
@@ -21,6 +22,8 @@ FILES = {1: ("tiny.gsv", "tiny_video.gsv"), 2: ("tiny_v2.gsv", "tiny_video_v2.gs
          3: ("tiny_v3.gsv", "tiny_video_v3.gsv")}
 #: a video whose P-frames move their layers (reference 2, FORMAT.md section 7.4), coder 2
 MOVED = "tiny_video_moved.gsv"
+#: a coder-4 video whose P-frames inherit models from the frame before (FORMAT.md 4.4)
+INHERITED = "tiny_video_v4.gsv"
 
 
 def tiny_model() -> LayeredImage:
@@ -125,6 +128,50 @@ def tiny_video_moved() -> bytes:
     return out.getvalue()
 
 
+def tiny_video_inherited() -> bytes:
+    """4 frames of 16x12 pixels, 2 layers, coder 4: the tiny model as an I-frame, a
+    P-frame that moves, recolours, drops and adds Gaussians in layer 1, a P-frame that
+    moves layer 1 alike (its streams inherit their models from the frame before), and
+    a P-frame with no change at all."""
+    import io
+
+    import numpy as np
+
+    from bitstream import CODER_RANGE_V4, Header, LayerChunk
+    from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
+    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
+    from gsvc.encoder import code_intra_layers
+    from gsvc.layer_codec import code_predicted
+
+    model = tiny_model()
+    out = io.BytesIO()
+    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=CODER_RANGE_V4)
+    writer = VideoWriter(out, header, VideoHeader(0, 25, 1, 30))
+    chunks, reference = code_intra_layers(model, STEPS, CODER_RANGE_V4, geometric=True)
+    writer.write_frame(FRAME_I, chunks)
+    step = np.array([[3, -2, 1, 0, 0, 2, -1, 0], [2, 0, 0, -1, 1, 0, 0, 1], [-1, 3, 0, 0, 0, 0, 2, 0],
+                     [0, 0, 0, 0, 0, 0, 0, 0], [4, 1, -1, 0, 0, 1, 0, -2], [0, -3, 0, 1, 0, 0, 1, 0]])
+    frames = [  # layer 1: (keep mask, change of the kept ones, new Gaussians); layer 2 unchanged
+        (np.array([1, 1, 1, 1, 0, 1], bool), step[:5], np.array([[136, 152, 38, 38, 0, 64, 64, 64]])),
+        (np.ones(6, bool), -step[::-1], np.zeros((0, 8), int)),
+        (np.ones(6, bool), np.zeros((6, 8), int), np.zeros((0, 8), int)),
+    ]
+    history = [None, None]
+    for t, (keep, change, new) in enumerate(frames, start=1):
+        chunks, decoded, streams = [], [], []
+        for l, (ref, h) in enumerate(zip(reference, history), start=1):
+            if l > 1:
+                keep, change, new = np.ones(len(ref), bool), np.zeros((len(ref), 8), int), np.zeros((0, 8), int)
+            code = code_predicted(ref, keep, ref[keep] + change, new, CODER_RANGE_V4, history=h)
+            chunks.append(LayerChunk(l, code.q.shape[0], code.payload, frame=t, reference=REF_PREVIOUS))
+            decoded.append(code.q)
+            streams.append(code.streams)
+        writer.write_frame(FRAME_P, chunks)
+        reference, history = decoded, streams
+    writer.finish()
+    return out.getvalue()
+
+
 if __name__ == "__main__":
     import sys
 
@@ -147,6 +194,12 @@ if __name__ == "__main__":
         frames = np.concatenate(decode_video(video, backend="torch"), axis=0)
         write_image(DATA / video_name.replace(".gsv", ".png"), frames)
         print(f"wrote {DATA / video_name} ({len(video)} bytes) and its .png (frames stacked)")
+    if 4 in chosen:
+        inherited = tiny_video_inherited()
+        (DATA / INHERITED).write_bytes(inherited)
+        frames = np.concatenate(decode_video(inherited, backend="torch"), axis=0)
+        write_image(DATA / INHERITED.replace(".gsv", ".png"), frames)
+        print(f"wrote {DATA / INHERITED} ({len(inherited)} bytes) and its .png (frames stacked)")
     if 2 not in chosen:
         sys.exit(0)
     moved = tiny_video_moved()

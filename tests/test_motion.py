@@ -12,7 +12,7 @@ from bitstream.entropy import write_svarints
 from bitstream.layout import REF_MOVED, REF_PREVIOUS
 from gsvc.decoder import decode_video, open_video, stream_info
 from gsvc.encoder import EncodeSettings
-from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, decode_predicted, encode_predicted, predicted_parts
+from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, decode_predicted, encode_predicted
 from gsvc.metrics import psnr
 from gsvc.motion import MARGIN, MotionEstimate, _normal_equations, _warp, estimate_global_motion, to_global_motion
 from gsvc.train import TrainSettings
@@ -151,13 +151,11 @@ def _moved_layers(data: bytes) -> list[list[int]]:
 def _position_steps(data: bytes) -> float:
     """Mean |dx| + |dy| (position steps) of the kept Gaussians of every P-frame layer."""
     with open_video(data) as reader:
-        coder, total, kept, reference = reader.stream.header.coder, 0, 0, None
-        for frame, q in reader.models():
-            for chunk, ref in zip(frame.layers, reference if frame.type == "P" else []):
-                parts = predicted_parts(chunk.data, ref, chunk.count, coder, moved=chunk.reference == REF_MOVED)
-                total += int(np.abs(parts.diff[:, :2]).sum())
-                kept += len(parts.diff)
-            reference = q
+        total, kept = 0, 0
+        for _, _, parts in reader.layer_parts():
+            for p in parts or []:
+                total += int(np.abs(p.diff[:, :2]).sum())
+                kept += len(p.diff)
     return total / kept
 
 
