@@ -66,6 +66,19 @@ def synthetic_clip(frames: int = 8, cut_at: int | None = 5, width: int = 64, hei
     return np.stack(out)
 
 
+def encode_clip(clip: np.ndarray, settings, structure, fps: int = 12) -> tuple[bytes, list]:
+    """``clip`` [T, H, W, 3] encoded as a video stream in memory: (bytes, frame reports)."""
+    import io
+    from fractions import Fraction
+
+    from gsvc.video_encoder import encode_video
+
+    out, reports = io.BytesIO(), []
+    encode_video(iter(clip), out, clip.shape[2], clip.shape[1], Fraction(fps), settings, structure,
+                 on_frame=reports.append)
+    return out.getvalue(), reports
+
+
 @pytest.fixture(scope="session")
 def clip_file(tmp_path_factory) -> Path:
     """The synthetic clip as a lossless FFV1 .mkv at 12 fps."""

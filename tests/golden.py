@@ -43,25 +43,36 @@ def tiny_model() -> LayeredImage:
     return LayeredImage(16, 12, [base, detail])
 
 
-def tiny_video(coder: int = 1) -> bytes:
-    """3 frames of 16x12 pixels, 2 layers: an I-frame (the tiny model), a P-frame that
-    moves, recolours, drops and adds Gaussians, and a P-frame with no change at all."""
+def _tiny_video_start(coder: int, fps: tuple[int, int]):
+    """A video stream of the tiny model (16x12, 2 layers) after its I-frame: (buffer,
+    writer, the I-frame's layers as decoded)."""
     import io
 
-    import numpy as np
-
-    from bitstream import Header, LayerChunk
-    from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
-    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
+    from bitstream import Header
+    from bitstream.layout import KIND_VIDEO
+    from bitstream.video import FRAME_I, VideoHeader, VideoWriter
     from gsvc.encoder import code_intra_layers
-    from gsvc.layer_codec import encode_predicted
 
     model = tiny_model()
     out = io.BytesIO()
     header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=coder)
-    writer = VideoWriter(out, header, VideoHeader(0, 30000, 1001, 30))
+    writer = VideoWriter(out, header, VideoHeader(0, fps[0], fps[1], 30))
     chunks, reference = code_intra_layers(model, STEPS, coder, geometric=True)
     writer.write_frame(FRAME_I, chunks)
+    return out, writer, reference
+
+
+def tiny_video(coder: int = 1) -> bytes:
+    """3 frames of 16x12 pixels, 2 layers: an I-frame (the tiny model), a P-frame that
+    moves, recolours, drops and adds Gaussians, and a P-frame with no change at all."""
+    import numpy as np
+
+    from bitstream import LayerChunk
+    from bitstream.layout import REF_PREVIOUS
+    from bitstream.video import FRAME_P
+    from gsvc.layer_codec import encode_predicted
+
+    out, writer, reference = _tiny_video_start(coder, (30000, 1001))
     moves = [
         # (keep mask, change of the kept ones, new Gaussians)
         (np.array([1, 1, 1, 1, 0, 1], bool),
@@ -92,22 +103,14 @@ def tiny_video_moved() -> bytes:
     also recoloured; then a pan back with a 10 % zoom-out and a 2.9 degree roll that
     shrinks the sizes by three steps), the second frame's layer 2 predicted without
     motion."""
-    import io
-
     import numpy as np
 
-    from bitstream import Header, LayerChunk
-    from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
-    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
-    from gsvc.encoder import code_intra_layers
+    from bitstream import LayerChunk
+    from bitstream.layout import REF_MOVED, REF_PREVIOUS
+    from bitstream.video import FRAME_P
     from gsvc.layer_codec import ZOOM_ONE, GlobalMotion, encode_predicted
 
-    model = tiny_model()
-    out = io.BytesIO()
-    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=2)
-    writer = VideoWriter(out, header, VideoHeader(0, 25, 1, 30))
-    chunks, reference = code_intra_layers(model, STEPS, 2, geometric=True)
-    writer.write_frame(FRAME_I, chunks)
+    out, writer, reference = _tiny_video_start(2, (25, 1))
     motions = [[GlobalMotion(8, 5, ZOOM_ONE + 2000, 0), GlobalMotion(8, 5, ZOOM_ONE + 2000, 0)],
                [GlobalMotion(-20, 11, ZOOM_ONE - 6554, 3000, -3), None]]
     for t, frame_motions in enumerate(motions, start=1):
@@ -133,22 +136,14 @@ def tiny_video_inherited() -> bytes:
     P-frame that moves, recolours, drops and adds Gaussians in layer 1, a P-frame that
     moves layer 1 alike (its streams inherit their models from the frame before), and
     a P-frame with no change at all."""
-    import io
-
     import numpy as np
 
-    from bitstream import CODER_RANGE_V4, Header, LayerChunk
-    from bitstream.layout import KIND_VIDEO, REF_PREVIOUS
-    from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
-    from gsvc.encoder import code_intra_layers
+    from bitstream import CODER_RANGE_V4, LayerChunk
+    from bitstream.layout import REF_PREVIOUS
+    from bitstream.video import FRAME_P
     from gsvc.layer_codec import code_predicted
 
-    model = tiny_model()
-    out = io.BytesIO()
-    header = Header(16, 12, model.counts, STEPS, kind=KIND_VIDEO, coder=CODER_RANGE_V4)
-    writer = VideoWriter(out, header, VideoHeader(0, 25, 1, 30))
-    chunks, reference = code_intra_layers(model, STEPS, CODER_RANGE_V4, geometric=True)
-    writer.write_frame(FRAME_I, chunks)
+    out, writer, reference = _tiny_video_start(CODER_RANGE_V4, (25, 1))
     step = np.array([[3, -2, 1, 0, 0, 2, -1, 0], [2, 0, 0, -1, 1, 0, 0, 1], [-1, 3, 0, 0, 0, 0, 2, 0],
                      [0, 0, 0, 0, 0, 0, 0, 0], [4, 1, -1, 0, 0, 1, 0, -2], [0, -3, 0, 1, 0, 0, 1, 0]])
     frames = [  # layer 1: (keep mask, change of the kept ones, new Gaussians); layer 2 unchanged

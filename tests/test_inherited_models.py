@@ -1,7 +1,4 @@
 """Coder 4: a P-frame's streams may inherit their models from the previous frame (FORMAT.md 4.4)."""
-import io
-from fractions import Fraction
-
 import numpy as np
 import pytest
 
@@ -21,8 +18,9 @@ from gsvc.encoder import EncodeSettings
 from gsvc.layer_codec import code_predicted, read_predicted
 from gsvc.metrics import psnr
 from gsvc.train import TrainSettings
-from gsvc.video_encoder import CodingStructure, encode_video
+from gsvc.video_encoder import CodingStructure
 
+from conftest import encode_clip
 from golden import DATA, INHERITED, tiny_video_inherited
 
 
@@ -174,12 +172,9 @@ def _clip(frames=6, w=48, h=32):
 def test_a_video_with_inherited_models_is_smaller_and_decodes_as_encoded():
     clip = _clip()
     settings = EncodeSettings(gaussians=(40, 20, 20), train=TrainSettings(iterations=160, seed=0), device="cpu")
-    coded = {}
-    for inherit in (True, False):
-        out, reports = io.BytesIO(), []
-        encode_video(iter(clip), out, 48, 32, Fraction(12), settings,
-                     CodingStructure(p_share=0.3, cut_drop_db=99.0, inherit_models=inherit), on_frame=reports.append)
-        coded[inherit] = out.getvalue(), reports
+    coded = {inherit: encode_clip(clip, settings, CodingStructure(p_share=0.3, cut_drop_db=99.0,
+                                                                  inherit_models=inherit))
+             for inherit in (True, False)}
     for inherit, (data, reports) in coded.items():
         with open_video(data) as reader:
             assert reader.stream.header.coder == (CODER_RANGE_V4 if inherit else CODER_RANGE_V3)

@@ -18,6 +18,8 @@ from gsvc.motion import MARGIN, MotionEstimate, _normal_equations, _warp, estima
 from gsvc.train import TrainSettings
 from gsvc.video_encoder import CodingStructure, encode_video
 
+from conftest import encode_clip
+
 
 def texture(width: int, height: int, tx: float = 0.0, ty: float = 0.0, zoom: float = 1.0,
             angle: float = 0.0, seed: int = 0) -> np.ndarray:  # [H, W, 3] uint8
@@ -162,12 +164,8 @@ def _position_steps(data: bytes) -> float:
 def test_a_pan_is_coded_as_moved_layers_in_fewer_bytes():
     clip = panning_clip()
     settings = EncodeSettings(gaussians=(40, 20, 20), train=TrainSettings(iterations=240, seed=0), device="cpu")
-    coded = {}
-    for on in (True, False):
-        out, reports = io.BytesIO(), []
-        structure = CodingStructure(p_share=0.3, global_motion=on, cut_drop_db=99.0)  # P-frames only
-        encode_video(iter(clip), out, 64, 48, Fraction(12), settings, structure, on_frame=reports.append)
-        coded[on] = out.getvalue(), reports
+    coded = {on: encode_clip(clip, settings, CodingStructure(p_share=0.3, global_motion=on, cut_drop_db=99.0))
+             for on in (True, False)}  # P-frames only
     data, reports = coded[True]
     refs = _moved_layers(data)
     assert [r.type for r in reports] == ["I"] + ["P"] * 5
