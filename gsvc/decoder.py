@@ -369,8 +369,6 @@ class VideoReader:
     def layer_parts(self) -> Iterator[tuple[VideoFrame, list[np.ndarray], list | None]]:
         """``models`` and, for a P-frame, its layers' ``layer_codec.PredictedParts`` (the
         differences, keep flags, new Gaussians and streams as coded; None for an I-frame)."""
-        import numpy as np
-
         from .layer_codec import decode_intra, predicted_parts
 
         reference: list[np.ndarray] | None = None
@@ -386,7 +384,7 @@ class VideoReader:
                     assert reference is not None  # the stream reader rejects a P first frame
                     parts = [predicted_parts(c.data, ref, c.count, coder, c.reference == REF_MOVED, h)
                              for c, ref, h in zip(frame.layers, reference, history)]
-                    q = [np.concatenate([p.reference[p.keep] + p.diff, p.new], axis=0) for p in parts]
+                    q = [p.layer() for p in parts]
                     history = [p.streams for p in parts]
             except StreamError as e:
                 raise _named(self._source, StreamError(f"frame {frame.header.frame}: {e}")) from None

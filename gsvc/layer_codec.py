@@ -52,11 +52,9 @@ from bitstream.entropy import (
 )
 
 NPARAMS = 8
-#: the coder new picture streams are written with (coder-1 and coder-2 streams keep decoding)
+#: the coder new picture streams are written with (coder-1 and coder-2 streams keep
+#: decoding); video streams write coder 4 (``video_encoder.CodingStructure.coder_for``)
 DEFAULT_CODER = CODER_RANGE_V3
-#: the coder new video streams are written with: coder 3, whose P-frame streams may
-#: inherit their models from the previous frame (FORMAT.md section 4.4)
-DEFAULT_VIDEO_CODER = CODER_RANGE_V4
 
 
 def sort_intra(q: np.ndarray) -> np.ndarray:  # [N, 8] -> [N, 8]
@@ -343,13 +341,9 @@ class GlobalMotion:
         return cls(int(tx), int(ty), int(dzc) + ZOOM_ONE, int(zs), int(ds)), end
 
 
-#: streams of a predicted layer with coders 3 and 4: keep flags, 8 differences, the new
-#: Gaussians' 7 (empty when there are none): a P-frame's stream i inherits its model from
-#: stream i of the same layer of the previous frame (coder 4)
-PREDICTED_STREAMS = 1 + NPARAMS + NPARAMS - 1
-
-#: per stream of a predicted layer, the values of the same stream in the previous frame
-#: (coder 4's inherited models; an empty array where there is none)
+#: per stream of a predicted layer (coders 3 and 4: keep flags, 8 differences, the new
+#: Gaussians' 7, empty when there are none), the values of the same stream in the
+#: previous frame: stream i inherits its model from stream i (coder 4)
 History = list[np.ndarray]
 
 
@@ -420,6 +414,10 @@ class PredictedParts:
     new: np.ndarray  # [N - K, 8] Gaussians added in this frame, sorted
     streams: History  # as decoded: the next frame's history (``code_predicted``)
 
+    def layer(self) -> np.ndarray:  # [N, 8]
+        """The decoded layer: the kept Gaussians in reference order, then the new ones."""
+        return np.concatenate([self.reference[self.keep] + self.diff, self.new], axis=0)
+
 
 def predicted_parts(payload: bytes, reference: np.ndarray, count: int, coder: int,
                     moved: bool = False, history: History | None = None) -> PredictedParts:
@@ -460,7 +458,7 @@ def read_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int
     """A predicted layer and its streams (the next frame's history); ``moved``: a moved
     one (reference 2), whose payload starts with its ``GlobalMotion``."""
     parts = predicted_parts(payload, reference, count, coder, moved, history)
-    return np.concatenate([parts.reference[parts.keep] + parts.diff, parts.new], axis=0), parts.streams
+    return parts.layer(), parts.streams
 
 
 def decode_predicted(payload: bytes, reference: np.ndarray, count: int, coder: int,

@@ -403,8 +403,8 @@ class _Encoder:
                 return motion, psnr_from_mse(estimate.mse)
         return None, -math.inf
 
-    def predicted(self, rgb: np.ndarray,
-                  motion: GlobalMotion | None = None) -> tuple[list[LayerChunk], list[np.ndarray]]:
+    def predicted(self, rgb: np.ndarray, motion: GlobalMotion | None = None
+                  ) -> tuple[list[LayerChunk], list[np.ndarray], list]:  # chunks, decoded layers, their streams
         s = self.structure
         assert self.reference is not None
         target = to_tensor(rgb, self.device)
@@ -470,7 +470,7 @@ class _Encoder:
             ints = round_predicted(ints, [b[:, 5:8] for b in bases], cpu_target, self.steps,
                                    self.settings.train.intermediate_weight, coder, rounding)
         chunks, decoded, history = [], [], []
-        known = self.history if len(self.history) == len(self.reference) else [None] * len(self.reference)
+        known = self.history or [None] * len(self.reference)  # (none before a first frame)
         for l, (q_all, keep, q_ref, h) in enumerate(zip(ints, keeps, self.reference, known), start=1):
             k = int(keep.sum())
             code = code_predicted(q_ref, keep, q_all[:k], q_all[k:], coder, motion, h)
@@ -483,14 +483,13 @@ class _Encoder:
             chunks.append(LayerChunk(layer=l, count=code.q.shape[0], data=code.payload, reference=reference))
             decoded.append(code.q)
             history.append(code.streams)
-        self.history = history
-        return chunks, decoded
+        return chunks, decoded, history
 
     def frame(self, index: int, rgb: np.ndarray) -> tuple[int, list[LayerChunk], FrameReport]:
         start = time.perf_counter()
         s = self.structure
         cut = False
-        chunks = decoded = None
+        chunks = decoded = history = None
         ftype = FRAME_I
         if self.reference is not None and self.since_i < s.gop:
             motion, moved_psnr = self._motion(rgb)
@@ -499,7 +498,7 @@ class _Encoder:
             if psnr(self._render(self.reference), rgb) < s.cut_psnr and moved_psnr < s.cut_psnr:
                 cut = True
             else:
-                chunks, decoded = self.predicted(rgb, motion)
+                chunks, decoded, history = self.predicted(rgb, motion)
                 value = psnr(self._render(decoded), rgb)
                 if value < self.gop_psnr - s.cut_drop_db:
                     cut, chunks, decoded = True, None, None
@@ -509,13 +508,13 @@ class _Encoder:
                         self.rate_mse = self._anchor(self._level_mse(decoded, rgb))
         if chunks is None:
             chunks, decoded = self.intra(rgb)
-            self.history = [None] * len(decoded)
+            history = [None] * len(decoded)  # an I-frame's layers hand on no streams
             self.since_i = 0
             levels = self._level_mse(decoded, rgb)  # its last is the whole frame's: one render fewer
             value = self.gop_psnr = psnr_from_mse(levels[-1])
             self.rate_mse = self._anchor(levels)
         self.since_i += 1
-        self.reference, self.previous_source = decoded, rgb
+        self.reference, self.history, self.previous_source = decoded, history, rgb
         chunks = [LayerChunk(c.layer, c.count, c.data, frame=index, reference=c.reference) for c in chunks]
         report = FrameReport(index, "I" if ftype == FRAME_I else "P", value, time.perf_counter() - start, [], cut)
         return ftype, chunks, report
