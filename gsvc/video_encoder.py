@@ -312,13 +312,18 @@ def _shrink_towards(base: Tensor, steps: Tensor, amount: float) -> Callable[[Gau
 
 def _draws_something(layer: GaussianLayer, width: int, height: int, color_step: float) -> np.ndarray:  # [N] bool
     """False for Gaussians that draw nothing: every colour quantizes to zero, or the
-    whole Gaussian (3.5 sigma) lies outside the picture."""
+    whole Gaussian (3.5 sigma) lies outside the picture; but a layer holds at least one
+    Gaussian (FORMAT.md: a layer chunk's count is >= 1), so where none draws anything (a
+    black frame) the one of the largest colour stays."""
     peak = layer.colors.abs().amax(dim=1).numpy()
     a, b, r = (layer.chol[:, j].numpy() for j in range(3))
     radius = 3.5 * np.maximum(np.exp(a), np.exp(b) * np.sqrt(1.0 + r * r)) + 1.0
     x, y = layer.means[:, 0].numpy(), layer.means[:, 1].numpy()
     outside = (x < -radius) | (y < -radius) | (x > width + radius) | (y > height + radius)
-    return ~(outside | (peak < 0.5 * color_step))
+    keep = ~(outside | (peak < 0.5 * color_step))
+    if not keep.any() and keep.size:
+        keep[int(peak.argmax())] = True
+    return keep
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -383,10 +388,7 @@ class _Encoder:
         # Gaussians that draw nothing cost bits for nothing (a black frame has only such)
         pruned = []
         for layer in model.layers:
-            keep = _draws_something(layer, self.width, self.height, self.steps[5])
-            if not keep.any():
-                keep[int(layer.colors.abs().amax(dim=1).argmax())] = True  # a layer holds >= 1
-            pruned.append(layer.select(keep))
+            pruned.append(layer.select(_draws_something(layer, self.width, self.height, self.steps[5])))
         model.layers = pruned
         return code_intra_layers(model, self.steps, self.settings.coder, geometric=True)
 
@@ -415,7 +417,7 @@ class _Encoder:
         starts, keeps, bases = [], [], []
         for l, (q, layer) in enumerate(zip(moved, ref_layers)):
             keep = _draws_something(layer, self.width, self.height, self.steps[5])
-            kept = layer.select(keep)
+            kept = layer.select(keep)  # (a black frame after a black one keeps its one Gaussian)
             # as many new Gaussians as were dropped (at most refresh_share of the layer),
             # placed where the layers so far miss the new frame
             n_new = min(int((~keep).sum()), int(s.refresh_share * len(layer)))

@@ -490,3 +490,26 @@ def test_p_frame_rate_and_shrink_on_the_cpu_match_their_tensor_form():
     for a, b in zip(fast.tensors(), slow.tensors()):
         assert torch.equal(a, b)
     assert not torch.equal(fast.colors, layer().colors)  # the step moved something
+
+
+def test_black_frames_encode_and_decode_black(clip):
+    """A frame black all over, as an I-frame (a clip that opens on black) or as a P-frame
+    after it, keeps one Gaussian per layer (a layer chunk holds >= 1: it used to write a
+    count of 0 and fail) and decodes black at every layer, after a cut to black too; an
+    all-black clip encodes."""
+    from conftest import encode_clip
+
+    black = np.zeros_like(clip[0])
+    frames = np.stack([black, black, clip[0], clip[1], black, black])
+    data, reports = encode_clip(frames, SETTINGS, STRUCTURE)
+    assert [r.type for r in reports][:2] == ["I", "P"]
+    for k in (1, 2, 3):
+        decoded = decode_video(data, layers=k)
+        assert len(decoded) == len(frames)
+        assert not any(decoded[t].any() for t in (0, 1, 4, 5)), k
+    assert psnr(decode_video(data)[3], clip[1]) > 20
+    with open_video(data) as reader:
+        counts = [[len(x) for x in q] for _, q in reader.models()]
+    assert all(n >= 1 for f in counts for n in f), counts
+    data, reports = encode_clip(frames[:2], SETTINGS, STRUCTURE)
+    assert [r.type for r in reports] == ["I", "P"] and not any(f.any() for f in decode_video(data))
