@@ -59,6 +59,7 @@ from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
 from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
 
 from .colour_rounding import round_predicted
+from .colour_solve import prefix_weights
 from .decoder import render_layers
 from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
 from .errors import GsvcError
@@ -69,6 +70,7 @@ from .metrics import mse, psnr, psnr_from_mse
 from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
 from .quantize import VIDEO_QUANT, QuantSettings, dequantize, fake_quantize_predicted, quantize_ints, quantize_residual
+from .rate_term import rate_weight
 from .render import render
 from .step_l1 import distance_grads, log_distance, shrink_towards, step_distance
 from .train import refine
@@ -159,6 +161,11 @@ class CodingStructure:
     global_motion: bool = True
     #: the share of that MSE a motion must remove to be used (tree.avi's camera: 0-4 %)
     motion_gain: float = 0.1
+    #: each P-frame layer may be coded as no change at all (every Gaussian kept, every
+    #: difference zero) where that lowers the frame's objective, distortion plus bits at
+    #: ``rate_slope`` (``_Encoder._modes``): a still shot's P-frames spent 340-560 B each
+    #: on changes that drew it no better (docs/results.md)
+    skip_unchanged: bool = True
     #: a reference rendering the new frame below this PSNR (dB) marks a scene cut
     cut_psnr: float = 18.0
     #: a P-frame this far (dB) below its GOP's I-frame is re-coded as an I-frame
@@ -471,9 +478,9 @@ class _Encoder:
             rounding = replace(self.settings.train.colour_rounding, passes=s.rounding_passes, slope=s.rate_slope)
             ints = round_predicted(ints, [b[:, 5:8] for b in bases], cpu_target, self.steps,
                                    self.settings.train.intermediate_weight, coder, rounding)
-        chunks, decoded, history = [], [], []
+        trained, unchanged = [], []  # per layer: (code, reference) of the fit, and of no change at all
         known = self.history or [None] * len(self.reference)  # (none before a first frame)
-        for l, (q_all, keep, q_ref, h) in enumerate(zip(ints, keeps, self.reference, known), start=1):
+        for q_all, keep, q_ref, q_moved, h in zip(ints, keeps, self.reference, moved, known):
             k = int(keep.sum())
             code = code_predicted(q_ref, keep, q_all[:k], q_all[k:], coder, motion, h)
             reference = REF_MOVED if motion else REF_PREVIOUS
@@ -482,10 +489,51 @@ class _Encoder:
                                    history=h)
             if len(fresh.payload) < len(code.payload):
                 code, reference = fresh, REF_PREVIOUS
-            chunks.append(LayerChunk(layer=l, count=code.q.shape[0], data=code.payload, reference=reference))
-            decoded.append(code.q)
-            history.append(code.streams)
-        return chunks, decoded, history
+            trained.append((code, reference))
+            every = np.ones(len(q_ref), bool)
+            unchanged.append((code_predicted(q_ref, every, q_moved, np.zeros((0, 8), np.int64), coder, motion, h),
+                              REF_MOVED if motion else REF_PREVIOUS))
+        chosen = self._modes(trained, unchanged, rgb) if s.skip_unchanged else trained
+        chunks = [LayerChunk(layer=l, count=code.q.shape[0], data=code.payload, reference=reference)
+                  for l, (code, reference) in enumerate(chosen, start=1)]
+        return chunks, [code.q for code, _ in chosen], [code.streams for code, _ in chosen]
+
+    def _modes(self, trained: list, unchanged: list, rgb: np.ndarray) -> list:
+        """Per layer, the fit's code or the reference left as it is (every Gaussian kept,
+        every difference zero), whichever lowers the P-frame's objective: the joint
+        loss's distortion (the whole picture's MSE plus each prefix 1..k's at its
+        ``prefix_weights`` share, as the training averages it over its cycle) plus each
+        layer's bits at its exchange rate (``rate_term.rate_weight`` at ``rate_slope``
+        and the GOP's anchor, ``rate_mse``). A still shot's P-frame otherwise spends bits
+        on changes that draw it no better (the rounded fit of a picture already drawn as
+        well as the Gaussians can); layers are decided in order, each given the
+        choices below it and the fit above it."""
+        s = self.structure
+        n = len(trained)
+        pixels = self.width * self.height
+        weights = [w / max(1, n - 1) for w in prefix_weights(n, self.settings.train.intermediate_weight)] + [1.0]
+
+        def cost(option: list) -> tuple[float, list[float]]:
+            levels = self._level_mse([code.q for code, _ in option], rgb)
+            anchor = self.rate_mse or levels
+            bits = [8.0 * len(code.payload) for code, _ in option]
+            return (sum(w * m for w, m in zip(weights, levels))
+                    + sum(rate_weight(a, pixels, s.rate_slope) * b for a, b in zip(anchor, bits))), levels
+
+        chosen = list(trained)
+        best = None
+        for l in range(n):
+            if np.array_equal(trained[l][0].q, unchanged[l][0].q):  # the same layer: the shorter code
+                if len(unchanged[l][0].payload) < len(trained[l][0].payload):
+                    chosen[l] = unchanged[l]
+                continue
+            if best is None:
+                best = cost(chosen)[0]
+            option = chosen[:l] + [unchanged[l]] + chosen[l + 1:]
+            value = cost(option)[0]
+            if value < best:
+                chosen, best = option, value
+        return chosen
 
     def frame(self, index: int, rgb: np.ndarray) -> tuple[int, list[LayerChunk], FrameReport]:
         start = time.perf_counter()

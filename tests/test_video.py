@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -513,3 +514,48 @@ def test_black_frames_encode_and_decode_black(clip):
     assert all(n >= 1 for f in counts for n in f), counts
     data, reports = encode_clip(frames[:2], SETTINGS, STRUCTURE)
     assert [r.type for r in reports] == ["I", "P"] and not any(f.any() for f in decode_video(data))
+
+
+def test_a_still_shot_codes_its_p_frames_as_no_change(clip):
+    """A frame repeated decodes to its I-frame at every layer, every P-frame layer the
+    reference left as it is (every Gaussian kept, every difference zero, nothing new)."""
+    from conftest import encode_clip
+
+    still = np.stack([clip[2]] * 4)
+    data, reports = encode_clip(still, SETTINGS, STRUCTURE)
+    assert [r.type for r in reports] == ["I", "P", "P", "P"]
+    for k in (1, 2, 3):
+        frames = decode_video(data, layers=k)
+        assert all(np.array_equal(f, frames[0]) for f in frames[1:]), k
+    with open_video(data) as reader:
+        parts = list(reader.layer_parts())
+    for _, _, layer_parts in parts[1:]:
+        assert all(p.keep.all() and not p.diff.any() and not len(p.new) for p in layer_parts)
+
+
+def test_p_frame_layers_choose_no_change_where_the_fit_does_not_pay(clip):
+    """``_Encoder._modes``: per layer, the fit's code or no change, whichever lowers
+    distortion plus bits. Changes that draw the frame worse lose to no change at every
+    layer; the same changes win where the new frame is what they draw, and a layer
+    whose fit is the reference itself keeps the shorter code."""
+    from gsvc.layer_codec import code_predicted
+    from gsvc.video_encoder import _Encoder
+
+    enc = _Encoder(SETTINGS, STRUCTURE, 64, 48)
+    enc.frame(0, clip[2])
+    rng = np.random.default_rng(0)
+    trained, unchanged = [], []
+    for q in enc.reference:
+        every = np.ones(len(q), bool)
+        noisy = q + rng.integers(-3, 4, size=q.shape) * (np.arange(8) < 5)  # moved and reshaped Gaussians
+        trained.append((code_predicted(q, every, noisy, np.zeros((0, 8), np.int64), SETTINGS.coder), 1))
+        unchanged.append((code_predicted(q, every, q, np.zeros((0, 8), np.int64), SETTINGS.coder), 1))
+    assert all(len(u.payload) < len(t.payload) for (t, _), (u, _) in zip(trained, unchanged))
+    chosen = enc._modes(trained, unchanged, clip[2])
+    assert all(c is u for c, u in zip(chosen, unchanged))
+    drawn = enc._render([code.q for code, _ in trained])  # a new frame: what the changes draw
+    chosen = enc._modes(trained, unchanged, drawn)
+    assert chosen[-1] is trained[-1] and all(c is t for c, t in zip(chosen, trained)), [
+        c is t for c, t in zip(chosen, trained)]
+    same = [unchanged[0]] + trained[1:]
+    assert enc._modes(same, unchanged, drawn)[0] is unchanged[0]
