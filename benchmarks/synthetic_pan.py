@@ -7,7 +7,12 @@ A ``--window`` sized crop of the picture moves by ``--pan`` pixels (x, y) per fr
 and shrinks by ``--zoom`` per frame (the camera zooms in about the crop's top-left
 corner), is resampled bilinearly and area-shrunk to ``--size``, and written as FFV1
 (exact pixels). Every frame is the same scene seen by a moving camera, so it isolates
-what global motion does; real clips add parallax, objects and noise.
+what global motion does; real clips add parallax, objects and noise. ``--noise``
+adds sensor noise, drawn afresh for every frame; with ``--pan 0,0 --zoom 0`` the
+clip is a still shot from a still camera:
+
+    python -m benchmarks.synthetic_pan ../shared/data/kodak/kodim09.png -o /tmp/still09.mkv \
+        --pan 0,0 --zoom 0 --noise 1.5 --frames 16
 """
 from __future__ import annotations
 
@@ -42,6 +47,12 @@ def pan_frames(picture: np.ndarray, frames: int, window: tuple[int, int], size: 
     return out
 
 
+def with_noise(frames: list[np.ndarray], sigma: float, seed: int) -> list[np.ndarray]:
+    """``frames`` plus independent Gaussian noise of ``sigma`` (8-bit levels) per sample."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(np.rint(f + rng.normal(0.0, sigma, f.shape)), 0, 255).astype(np.uint8) for f in frames]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("picture")
@@ -53,11 +64,15 @@ def main() -> None:
     ap.add_argument("--zoom", type=float, default=0.004, help="zoom-in per frame (0.004: 0.4 %%)")
     ap.add_argument("--origin", default="20,30", help="the first crop's top-left corner")
     ap.add_argument("--fps", type=int, default=25)
+    ap.add_argument("--noise", type=float, default=0.0, help="sensor noise, standard deviation in 8-bit levels")
+    ap.add_argument("--seed", type=int, default=0, help="of the noise")
     args = ap.parse_args()
     pan = tuple(float(v) for v in args.pan.split(","))
     origin = tuple(float(v) for v in args.origin.split(","))
     size = parse_size(args.size)
     frames = pan_frames(read_image(args.picture), args.frames, parse_size(args.window), size, pan, args.zoom, origin)
+    if args.noise > 0:
+        frames = with_noise(frames, args.noise, args.seed)
     with video_output(args.output, size[0], size[1], Fraction(args.fps)) as write:
         for f in frames:
             write(f)
