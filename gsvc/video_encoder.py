@@ -65,7 +65,7 @@ from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
 from .errors import GsvcError
 from .geometry_rounding import round_predicted_geometry
 from .init import init_enhancement_layer
-from .layer_codec import GlobalMotion, code_predicted
+from .layer_codec import GlobalMotion, PredictedCode, code_predicted
 from .metrics import mse, psnr, psnr_from_mse
 from .motion import estimate_global_motion, to_global_motion
 from .model import GaussianLayer, concat
@@ -498,7 +498,8 @@ class _Encoder:
                   for l, (code, reference) in enumerate(chosen, start=1)]
         return chunks, [code.q for code, _ in chosen], [code.streams for code, _ in chosen]
 
-    def _modes(self, trained: list, unchanged: list, rgb: np.ndarray) -> list:
+    def _modes(self, trained: list[tuple[PredictedCode, int]], unchanged: list[tuple[PredictedCode, int]],
+               rgb: np.ndarray) -> list[tuple[PredictedCode, int]]:  # per layer (code, reference)
         """Per layer, the fit's code or the reference left as it is (every Gaussian kept,
         every difference zero), whichever lowers the P-frame's objective: the joint
         loss's distortion (the whole picture's MSE plus each prefix 1..k's at its
@@ -513,24 +514,24 @@ class _Encoder:
         pixels = self.width * self.height
         weights = [w / max(1, n - 1) for w in prefix_weights(n, self.settings.train.intermediate_weight)] + [1.0]
 
-        def cost(option: list) -> tuple[float, list[float]]:
+        def cost(option: list[tuple[PredictedCode, int]]) -> float:
             levels = self._level_mse([code.q for code, _ in option], rgb)
             anchor = self.rate_mse or levels
             bits = [8.0 * len(code.payload) for code, _ in option]
             return (sum(w * m for w, m in zip(weights, levels))
-                    + sum(rate_weight(a, pixels, s.rate_slope) * b for a, b in zip(anchor, bits))), levels
+                    + sum(rate_weight(a, pixels, s.rate_slope) * b for a, b in zip(anchor, bits)))
 
         chosen = list(trained)
-        best = None
+        best = None  # cost(chosen), computed when first needed
         for l in range(n):
             if np.array_equal(trained[l][0].q, unchanged[l][0].q):  # the same layer: the shorter code
                 if len(unchanged[l][0].payload) < len(trained[l][0].payload):
-                    chosen[l] = unchanged[l]
+                    chosen[l], best = unchanged[l], None
                 continue
             if best is None:
-                best = cost(chosen)[0]
+                best = cost(chosen)
             option = chosen[:l] + [unchanged[l]] + chosen[l + 1:]
-            value = cost(option)[0]
+            value = cost(option)
             if value < best:
                 chosen, best = option, value
         return chosen
