@@ -490,9 +490,10 @@ class _Encoder:
             if len(fresh.payload) < len(code.payload):
                 code, reference = fresh, REF_PREVIOUS
             trained.append((code, reference))
-            every = np.ones(len(q_ref), bool)
-            unchanged.append((code_predicted(q_ref, every, q_moved, np.zeros((0, 8), np.int64), coder, motion, h),
-                              REF_MOVED if motion else REF_PREVIOUS))
+            if s.skip_unchanged:
+                every = np.ones(len(q_ref), bool)
+                unchanged.append((code_predicted(q_ref, every, q_moved, np.zeros((0, 8), np.int64), coder, motion, h),
+                                  REF_MOVED if motion else REF_PREVIOUS))
         chosen = self._modes(trained, unchanged, rgb) if s.skip_unchanged else trained
         chunks = [LayerChunk(layer=l, count=code.q.shape[0], data=code.payload, reference=reference)
                   for l, (code, reference) in enumerate(chosen, start=1)]
