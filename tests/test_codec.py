@@ -85,7 +85,7 @@ def test_info_matches_the_file(encoded):
     assert (info["width"], info["height"]) == (48, 32)
     assert info["total_bytes"] == len(encoded.data)
     assert [l["index"] for l in info["layers"]] == [1, 2, 3]
-    assert [l["gaussians"] for l in info["layers"]] == [60, 30, 30]
+    assert [l["gaussians"] for l in info["layers"]] == [30, 20, 20]
     assert [l["bytes"] for l in info["layers"]] == encoded.sizes[1:]
     for l in info["layers"]:
         assert l["bpp"] == pytest.approx(8 * l["bytes"] / (48 * 32))
