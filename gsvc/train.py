@@ -104,8 +104,10 @@ class TrainSettings:
     #: share of the base layer's positions drawn uniformly (the rest follow image gradients)
     base_uniform_share: float = 0.3
     #: the base layer's background Gaussian (``init.background_gaussian``): sigma in
-    #: multiples of the picture's longer side; 0: none. 4: at the same bytes, +0.2 to
-    #: +1.1 dB at layer 1 on Kodak at 384 px wide (docs/results.md, "A background Gaussian")
+    #: multiples of the picture's longer side; 0: none. 4: Kodak at --bpp 0.25,0.5,1.0
+    #: +0.71 / +0.38 / +0.19 dB at the same bytes (BD-rate against JPEG 2000 +39.3 ->
+    #: +28.6 %); 2 and 8 within the fit's noise of 4 (docs/results.md, "A background
+    #: Gaussian")
     background_spread: float = 4.0
     #: random seed of the initialization
     seed: int = 0
