@@ -59,7 +59,7 @@ from bitstream.layout import KIND_VIDEO, REF_MOVED, REF_PREVIOUS
 from bitstream.video import FRAME_I, FRAME_P, VideoHeader, VideoWriter
 
 from .colour_rounding import round_predicted
-from .colour_solve import prefix_weights
+from .colour_solve import objective_weights
 from .decoder import render_layers
 from .encoder import EncodeSettings, code_intra_layers, fit_image, to_tensor
 from .errors import GsvcError
@@ -504,7 +504,7 @@ class _Encoder:
         """Per layer, the fit's code or the reference left as it is (every Gaussian kept,
         every difference zero), whichever lowers the P-frame's objective: the joint
         loss's distortion (the whole picture's MSE plus each prefix 1..k's at its
-        ``prefix_weights`` share, as the training averages it over its cycle) plus each
+        ``objective_weights`` share, as the training averages it over its cycle) plus each
         layer's bits at its exchange rate (``rate_term.rate_weight`` at ``rate_slope``
         and the GOP's anchor, ``rate_mse``). A still shot's P-frame otherwise spends bits
         on changes that draw it no better (the rounded fit of a picture already drawn as
@@ -513,7 +513,7 @@ class _Encoder:
         s = self.structure
         n = len(trained)
         pixels = self.width * self.height
-        weights = [w / max(1, n - 1) for w in prefix_weights(n, self.settings.train.intermediate_weight)] + [1.0]
+        weights = objective_weights(n, self.settings.train.intermediate_weight)
 
         def cost(option: list[tuple[PredictedCode, int]]) -> float:
             levels = self._level_mse([code.q for code, _ in option], rgb)
