@@ -64,9 +64,9 @@ class RateSettings:
     #: in the same bytes (docs/results.md, "Rate in the loss")
     slope: float = 6.0
     #: from the first resize on, each layer's rate weight is multiplied by
-    #: (bytes / budget) ** gain_power every 100 iterations (within ``gain_limit`` or its
-    #: inverse), so the rate term neither takes a layer far below its budget nor leaves
-    #: it far above
+    #: (bytes / budget) ** gain_power every 100 iterations, cumulatively from the last
+    #: resize (``BudgetGains``; within ``gain_limit`` or its inverse), so the rate term
+    #: neither takes a layer far below its budget nor leaves it far above
     gain_power: float = 4.0
     gain_limit: float = 5.0
     #: the fit aims each layer at this multiple of its budget (the resizes, the rate
@@ -188,11 +188,16 @@ def trim_to_budgets(model: LayeredImage, budgets: tuple[int, ...], steps: tuple[
 
 
 class BudgetGains:
-    """``fit``'s rate-gain hook for size targets: each layer's rate weight times
-    (bytes / budget) ** ``gain_power`` (within ``gain_limit`` or its inverse), from the
-    layer's bytes as the encoder writes them, in proportion and without memory (no
-    wind-up across a resize). Neutral (1) until ``start`` is called at the first resize:
-    before it the layers are over-provisioned on purpose."""
+    """``fit``'s rate-gain hook for size targets: each layer's rate weight is multiplied
+    by (bytes / budget) ** ``gain_power`` at every call (within ``gain_limit`` or its
+    inverse), from the layer's bytes as the encoder writes them: an integral control,
+    so a layer held off its budget by the rate term alone (the priced last layer's
+    bytes per Gaussian fall for the whole fit) keeps moving its weight until it meets
+    it. Neutral (1) until ``start`` is called at the first resize (before it the layers
+    are over-provisioned on purpose), and back to 1 at every later resize (no wind-up
+    across a resize: the counts changed). A proportional control (the weight at
+    (bytes / budget) ** 4, without memory) left kodim01's last layer at 86 % of its aim
+    from the first resize to the end, and the stream at 94.8 % of its target."""
 
     def __init__(self, budgets: tuple[int, ...], steps: tuple[float, ...], coder: int, settings: RateSettings):
         self.budgets, self.steps, self.coder, self.settings = budgets, steps, coder, settings
@@ -201,11 +206,12 @@ class BudgetGains:
 
     def start(self) -> None:
         self.active = True
+        self.gains = [1.0] * len(self.budgets)
 
     def __call__(self, layers: list[GaussianLayer]) -> list[float]:
         if self.active:
             s = self.settings
             for l, (layer, budget) in enumerate(zip(layers, self.budgets)):
                 ratio = layer_bytes(layer, self.steps, self.coder) / budget
-                self.gains[l] = min(max(ratio ** s.gain_power, 1 / s.gain_limit), s.gain_limit)
+                self.gains[l] = min(max(self.gains[l] * ratio ** s.gain_power, 1 / s.gain_limit), s.gain_limit)
         return self.gains[: len(layers)]

@@ -180,3 +180,30 @@ def test_the_rate_term_makes_a_counts_encode_smaller(picture):
 
     (priced, priced_db), (plain, plain_db) = encode(True), encode(False)
     assert priced < plain and priced_db > plain_db - 0.3, (priced, priced_db, plain, plain_db)  # 1230 B, 1275 B here
+
+
+def test_budget_gains_integrate_until_a_layer_meets_its_budget_and_restart_at_a_resize():
+    """``BudgetGains`` is an integral control: a layer held below its budget keeps
+    lowering its rate weight call after call (a proportional one stays where it is:
+    kodim01's last layer sat at 86 % of its aim for the whole fit), one above raises it,
+    within the limits; ``start`` (each resize) sets every gain back to 1."""
+    import torch
+
+    from gsvc.model import GaussianLayer
+    from gsvc.rate_control import BudgetGains, layer_bytes
+
+    torch.manual_seed(0)
+    layer = GaussianLayer(torch.rand(40, 2) * 30, torch.randn(40, 3) * 0.3, torch.randn(40, 3) * 0.3)
+    steps = EncodeSettings().quant.steps()
+    nbytes = layer_bytes(layer, steps, 2)
+    gains = BudgetGains((round(nbytes / 0.9), round(nbytes / 1.1)), steps, 2, RateSettings())
+    assert gains([layer, layer]) == [1.0, 1.0]  # neutral before the first resize
+    gains.start()
+    first = gains([layer, layer])
+    second = gains([layer, layer])
+    assert second[0] < first[0] < 1.0 < first[1] < second[1]
+    for _ in range(40):
+        low, high = gains([layer, layer])
+    assert (low, high) == (pytest.approx(1 / RateSettings().gain_limit), pytest.approx(RateSettings().gain_limit))
+    gains.start()
+    assert gains.gains == [1.0, 1.0]
