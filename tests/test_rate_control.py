@@ -182,11 +182,12 @@ def test_the_rate_term_makes_a_counts_encode_smaller(picture):
     assert priced < plain and priced_db > plain_db - 0.3, (priced, priced_db, plain, plain_db)  # 1230 B, 1275 B here
 
 
-def test_budget_gains_integrate_until_a_layer_meets_its_budget_and_restart_at_a_resize():
-    """``BudgetGains`` is an integral control: a layer held below its budget keeps
-    lowering its rate weight call after call (a proportional one stays where it is:
-    kodim01's last layer sat at 86 % of its aim for the whole fit), one above raises it,
-    within the limits; ``start`` (each resize) sets every gain back to 1."""
+def test_budget_gains_integrate_while_a_layer_is_short_of_its_budget_and_restart_at_a_resize():
+    """``BudgetGains``: a layer well below its budget keeps lowering its rate weight call
+    after call (a proportional weight stays where it is: kodim01's last layer sat at
+    86 % of its aim for the whole fit), down to the limit; one above or near it gets
+    the proportional weight, the same at every call; ``start`` (each resize) sets every
+    gain back to 1."""
     import torch
 
     from gsvc.model import GaussianLayer
@@ -196,14 +197,17 @@ def test_budget_gains_integrate_until_a_layer_meets_its_budget_and_restart_at_a_
     layer = GaussianLayer(torch.rand(40, 2) * 30, torch.randn(40, 3) * 0.3, torch.randn(40, 3) * 0.3)
     steps = EncodeSettings().quant.steps()
     nbytes = layer_bytes(layer, steps, 2)
-    gains = BudgetGains((round(nbytes / 0.9), round(nbytes / 1.1)), steps, 2, RateSettings())
-    assert gains([layer, layer]) == [1.0, 1.0]  # neutral before the first resize
+    settings = RateSettings()
+    budgets = (round(nbytes / 0.9), round(nbytes / 1.1), round(nbytes / 0.99))
+    gains = BudgetGains(budgets, steps, 2, settings)
+    assert gains([layer] * 3) == [1.0] * 3  # neutral before the first resize
     gains.start()
-    first = gains([layer, layer])
-    second = gains([layer, layer])
-    assert second[0] < first[0] < 1.0 < first[1] < second[1]
+    first = gains([layer] * 3)
+    second = gains([layer] * 3)
+    assert second[0] < first[0] < 1.0 < first[1] == second[1]
+    assert first[2] == second[2] == pytest.approx((nbytes / budgets[2]) ** settings.gain_power)
     for _ in range(40):
-        low, high = gains([layer, layer])
-    assert (low, high) == (pytest.approx(1 / RateSettings().gain_limit), pytest.approx(RateSettings().gain_limit))
+        low, _, _ = gains([layer] * 3)
+    assert low == pytest.approx(1 / settings.gain_limit)
     gains.start()
-    assert gains.gains == [1.0, 1.0]
+    assert gains.gains == [1.0] * 3
