@@ -3,7 +3,7 @@
     python -m benchmarks.video [--video ../shared/data/video/Megamind.avi] [--frames 30]
                                [--size 360x264] [--preset medium] [--json out.json]
                                [--all-intra-scale 0.33] [--all-intra-from earlier.json]
-                               [--p-rate-slope 4.5] [--p-log-rate 3,0.25] [--p-log-layers 3]
+                               [--p-rate-slope 4.5] [--p-share 0.13] [--p-log-rate 3,0.25] [--p-log-layers 3]
                                [--no-inherit]
 
 Encodes the clip's first frames with the default settings (GOP 30) and with ``--gop 1``
@@ -170,6 +170,8 @@ def main() -> None:
                     help="P-frames write every model (coder 3; CodingStructure.inherit_models off)")
     ap.add_argument("--p-rate-slope", type=float, default=CodingStructure.rate_slope,
                     help="P-frames' rate term, dB per bpp (CodingStructure.rate_slope)")
+    ap.add_argument("--p-share", type=float, default=CodingStructure.p_share,
+                    help="P-frame iterations as a share of the I-frame ones (CodingStructure.p_share)")
     args = ap.parse_args()
 
     cal = calibrate()
@@ -180,11 +182,12 @@ def main() -> None:
           + (f", calib {cal:.3f} s" if cal else ""), flush=True)
     settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
     results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal,
-               "p_rate_slope": args.p_rate_slope, "global_motion": not args.no_global_motion}
+               "p_rate_slope": args.p_rate_slope, "p_share": args.p_share, "global_motion": not args.no_global_motion}
     log_rate = tuple(float(v) for v in args.p_log_rate.split(","))
     results.update(p_log_rate=list(log_rate), p_log_layers=args.p_log_layers)
     print("P-frame coding (default, GOP 30):", flush=True)
-    structure = CodingStructure(rate_slope=args.p_rate_slope, global_motion=not args.no_global_motion,
+    structure = CodingStructure(rate_slope=args.p_rate_slope, p_share=args.p_share,
+                                global_motion=not args.no_global_motion,
                                 log_rate=log_rate, log_rate_layers=args.p_log_layers,
                                 inherit_models=not args.no_inherit)
     results["gsvc"] = encode(frames, info.fps, settings, structure)
