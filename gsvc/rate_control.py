@@ -70,6 +70,7 @@ class RateSettings:
     #: ``integrate_below`` of its budget (``BudgetGains``)
     gain_power: float = 4.0
     gain_limit: float = 5.0
+    #: (a layer below this share of its aim: the integral branch of ``BudgetGains``)
     integrate_below: float = 0.97
     #: the fit aims each layer at this multiple of its budget (the resizes, the rate
     #: weights' gains, the trim at the end), and the colour rounding (``colour_rounding``),
@@ -202,9 +203,9 @@ class BudgetGains:
     94.8-100), the PSNR within -0.01 / -0.02 / -0.01 dB on the mean (integrating at
     every ratio gave the same; the deadband keeps layers that held their budgets
     under the control they had; docs/results.md, "Size targets met by an integral
-    rate weight"). Neutral (1) until
-    ``start`` is called at the first resize (before it the layers are over-provisioned
-    on purpose), and back to 1 at every later resize (no wind-up across a resize)."""
+    rate weight"). Neutral (1) until ``start`` is called at the first resize (before
+    it the layers are over-provisioned on purpose), and back to 1 at every later resize
+    (no wind-up across a resize). ``budgets`` are the fit's aims (``fit_to_targets``)."""
 
     def __init__(self, budgets: tuple[int, ...], steps: tuple[float, ...], coder: int, settings: RateSettings):
         self.budgets, self.steps, self.coder, self.settings = budgets, steps, coder, settings

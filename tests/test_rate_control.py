@@ -2,6 +2,7 @@
 below its target, from bytes the encoder really wrote."""
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gsvc.cli import main
@@ -9,8 +10,9 @@ from gsvc.codec import EncodeSettings, encode_image, stream_info
 from gsvc.colour_rounding import ColourRounding
 from gsvc.errors import GsvcError
 from gsvc.media import write_image
+from gsvc.model import GaussianLayer
 from gsvc.presets import train_settings
-from gsvc.rate_control import RateSettings, byte_targets, header_bytes, layer_budgets
+from gsvc.rate_control import BudgetGains, RateSettings, byte_targets, header_bytes, layer_budgets, layer_bytes
 
 
 def run(*args):
@@ -188,11 +190,6 @@ def test_budget_gains_integrate_while_a_layer_is_short_of_its_budget_and_restart
     86 % of its aim for the whole fit), down to the limit; one above or near it gets
     the proportional weight, the same at every call; ``start`` (each resize) sets every
     gain back to 1."""
-    import torch
-
-    from gsvc.model import GaussianLayer
-    from gsvc.rate_control import BudgetGains, layer_bytes
-
     torch.manual_seed(0)
     layer = GaussianLayer(torch.rand(40, 2) * 30, torch.randn(40, 3) * 0.3, torch.randn(40, 3) * 0.3)
     steps = EncodeSettings().quant.steps()
