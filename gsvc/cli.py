@@ -515,7 +515,8 @@ def _batch_inputs(inputs: tuple[Path, ...]) -> list[Path] | None:
 
 
 def _batch_outputs(paths: list[Path], output: Path | None, overwrite: bool | None) -> list[Path]:
-    """One DIR/NAME.gsv per picture; DIR is created if missing; -y/-n apply to every file."""
+    """One DIR/NAME.gsv per picture (DIR is created by the caller once the inputs are
+    checked, so a refused batch leaves nothing behind); -y/-n apply to every file."""
     if output is None or _is_stdio(output):
         raise click.UsageError("several inputs (or a directory) need -o DIRECTORY")
     if output.exists() and not output.is_dir():
@@ -529,7 +530,6 @@ def _batch_outputs(paths: list[Path], output: Path | None, overwrite: bool | Non
     for src, out in zip(paths, outputs):
         _claim_output([out], src, overwrite=True)  # the input itself, a directory in the way
     _confirm_replace([out for out in outputs if out.exists()], overwrite)
-    output.mkdir(parents=True, exist_ok=True)
     return outputs
 
 
@@ -545,6 +545,7 @@ def _encode_batch(paths: list[Path], output: Path | None, opts: _EncodeOptions) 
         check_input_file(path)
         if probe_video(path) is not None:
             raise GsvcError(f"{path}: a video; a batch takes pictures only (encode videos one at a time)")
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
     check_writable(outputs[0])
 
     def units():

@@ -390,9 +390,20 @@ def _duration(container, stream) -> float:
     return container.duration / 1e6 if container.duration else 0.0
 
 
+def _refuse_stream(path: Path) -> None:
+    """Fail with the command that was meant when ``path`` is a .gsv stream (its magic)."""
+    from bitstream import MAGIC
+
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head == MAGIC:
+        raise GsvcError(f"{path}: a gsvc stream, not a picture or video (gsvc decode turns it into one)")
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo | None:
     """The video's properties, or None when the file is a still picture."""
     p = check_input_file(path)
+    _refuse_stream(p)
     with _plain_errors(p, "not a picture or video gsvc can read"), _open_input(p) as container:
         stream = _picture_stream(container, p)
         if _is_image_container(container):

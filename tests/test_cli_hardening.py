@@ -229,6 +229,14 @@ def test_special_files(tmp_path):
         assert code == 1 and "No space left" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_stream_given_to_encode_is_named_as_one(tmp_path):
+    for source, stdin in ((GOLDEN, None), ("-", GOLDEN.read_bytes()), (GOLDEN_VIDEO, None)):
+        code, _, err = run("encode", source, "-o", tmp_path / "x.gsv", input=stdin)
+        assert code == 1 and "a gsvc stream, not a picture or video" in err and "gsvc decode" in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x.gsv").exists()
+
+
 def test_frame_pattern_claims_do_not_scale_with_the_claimed_count(tmp_path):
     from gsvc.cli import _frame_files_present
 

@@ -88,6 +88,16 @@ def test_batch_follows_the_overwrite_rules(pictures, tmp_path):
     assert code == 1 and "not a directory" in err
 
 
+def test_a_refused_batch_leaves_no_output_directory(pictures, tmp_path):
+    from golden import DATA
+
+    flags = ["--gaussians", "4", "--iterations", "2", "--device", "cpu", "-q"]
+    stream = DATA / "tiny.gsv"  # a stream among the pictures: refused before anything is written
+    code, _, err = run("encode", *sorted(pictures.glob("*.png")), stream, "-o", tmp_path / "new" / "out", *flags)
+    assert code == 1 and "a gsvc stream" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
