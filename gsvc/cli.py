@@ -545,7 +545,7 @@ def _encode_batch(paths: list[Path], output: Path | None, opts: _EncodeOptions) 
         check_input_file(path)
         if probe_video(path) is not None:
             raise GsvcError(f"{path}: a video; a batch takes pictures only (encode videos one at a time)")
-    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)  # only now: a refused batch leaves no directory
     check_writable(outputs[0])
 
     def units():
