@@ -116,7 +116,7 @@ def _check_source_size(path: Path, width: int, height: int) -> None:
 
 @dataclass(frozen=True)
 class _FileHeader:
-    """What a PNG's or JPEG's own header says, read without decoding (zeros: unknown)."""
+    """What a PNG's, JPEG's or WebP's own header says, read without decoding (zeros: unknown)."""
 
     width: int = 0
     height: int = 0
@@ -124,6 +124,8 @@ class _FileHeader:
     orientation: int = 1
     #: four colour components: a CMYK (or YCCK) JPEG
     cmyk: bool = False
+    #: an animated WebP (its VP8X chunk's animation flag), which FFmpeg does not decode
+    animated_webp: bool = False
 
     @property
     def turned(self) -> bool:
@@ -140,12 +142,15 @@ _EXIF_ORIENTATION_TAG = 0x0112
 
 
 def _read_file_header(path: Path) -> _FileHeader:
-    """The size of a PNG (IHDR) or JPEG, and a JPEG's EXIF orientation and colour space."""
+    """The size of a PNG (IHDR) or JPEG, a JPEG's EXIF orientation and colour space, and
+    whether a WebP is animated."""
     with open(path, "rb") as f:
         head = f.read(24)
         if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
             width, height = struct.unpack(">II", head[16:24])
             return _FileHeader(width, height)
+        if head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20:
+            return _FileHeader(animated_webp=bool(head[20] & 0x02))
         if head.startswith(b"\xff\xd8"):
             f.seek(2)
             return _read_jpeg_header(f)
@@ -213,6 +218,31 @@ def _upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
         orientation -= 4
     axes = _ORIENTATION_FLIPS[orientation]
     return np.ascontiguousarray(np.flip(rgb, axes) if axes else rgb)
+
+
+def _display_orientation(frame) -> tuple[int, float | None]:
+    """A video frame's display matrix (phones store a portrait clip on its side and say
+    so there) as the EXIF orientation that turns the stored rows upright, with FFmpeg's
+    own autorotate rules; and the angle in degrees when it is no multiple of 90 (then 1:
+    not applied). No matrix: (1, None)."""
+    matrix = next((bytes(d) for d in frame.side_data if d.type.name == "DISPLAYMATRIX"), None)
+    if matrix is None or len(matrix) != 36:
+        return 1, None
+    m = np.frombuffer(matrix, dtype=np.int32).astype(np.float64)  # 16.16 fixed point, row-major 3x3
+    if math.hypot(m[0], m[3]) == 0 or math.hypot(m[1], m[4]) == 0:
+        return 1, None
+    # av_display_rotation_get negated, as FFmpeg's autorotate takes it: degrees clockwise
+    theta = round(math.degrees(math.atan2(m[1] / math.hypot(m[1], m[4]), m[0] / math.hypot(m[0], m[3]))))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return (5 if m[3] > 0 else 6), None  # transpose cclock_flip / clock
+    if abs(theta - 180) < 1:
+        return {(True, True): 3, (True, False): 2, (False, True): 4, (False, False): 1}[(m[0] < 0, m[4] < 0)], None
+    if abs(theta - 270) < 1:
+        return (7 if m[3] < 0 else 8), None  # transpose clock_flip / cclock
+    if abs(theta) < 1:
+        return (4 if m[4] < 0 else 1), None
+    return 1, float(theta)
 
 
 # --- opening and converting ----------------------------------------------------------
@@ -295,6 +325,9 @@ def read_image(path: str | os.PathLike, notice: Notice | None = None,
     """
     p = check_input_file(path)
     header = _read_file_header(p)
+    if header.animated_webp:
+        raise GsvcError(f"{p}: an animated WebP, which FFmpeg (and so gsvc) cannot decode; "
+                        f"convert it to a video (.mp4, .mkv) or to PNG frames first")
     if header.width and header.height:  # fail before decoding anything
         _check_source_size(p, header.width, header.height)
         _output_size(p, header.width, header.height, header.turned, size)
@@ -367,6 +400,16 @@ class VideoInfo:
     frames: int  # as the container states it (0: unknown)
     duration: float  # seconds (0: unknown)
     has_audio: bool
+    #: EXIF-style orientation from the display matrix (1: stored upright; 5-8: stored on
+    #: its side, ``width`` and ``height`` being the upright size)
+    orientation: int = 1
+    #: a display rotation that is no multiple of 90 degrees, not applied (None: none)
+    odd_rotation: float | None = None
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the frames as the file stores them."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
 
 
 def _is_image_container(container) -> bool:
@@ -400,6 +443,18 @@ def _refuse_stream(path: Path) -> None:
         raise GsvcError(f"{path}: a gsvc stream, not a picture or video (gsvc decode turns it into one)")
 
 
+def _first_frame_orientation(container, stream) -> tuple[int, float | None]:
+    """``_display_orientation`` of the first frame that decodes; (1, None) when none
+    does here (read_video then tells what is wrong with the frames)."""
+    import av
+
+    try:
+        first = next(_decoded_frames(container, stream, _Damage()), None)
+    except av.error.FFmpegError:
+        return 1, None
+    return _display_orientation(first) if first is not None else (1, None)
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo | None:
     """The video's properties, or None when the file is a still picture."""
     p = check_input_file(path)
@@ -409,8 +464,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
         if _is_image_container(container):
             return None
         width, height = _known_size(stream, p)
+        orientation, odd = _first_frame_orientation(container, stream)
+        if orientation >= 5:
+            width, height = height, width
         return VideoInfo(p, width, height, _frame_rate(stream), stream.frames or 0, _duration(container, stream),
-                         bool(container.streams.audio))
+                         bool(container.streams.audio), orientation, odd)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -488,8 +546,9 @@ def read_video(
     info: VideoInfo, start: float = 0.0, max_frames: int | None = None, size: tuple[int, int] | None = None,
     notice: Notice | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode frames one at a time as [H, W, 3] uint8 RGB, from ``start`` seconds on,
-    resized (area filter) to ``size`` when given.
+    """Decode frames one at a time as upright [H, W, 3] uint8 RGB (the display matrix
+    applied, as players do), from ``start`` seconds on, resized (area filter) to
+    ``size`` when given.
 
     Every decoded frame is yielded once, in order, whatever its timestamp (none dropped
     or repeated onto a constant-rate grid): a variable-rate video keeps its frame count,
@@ -499,6 +558,7 @@ def read_video(
     """
     width, height = fit_size(size, info.width, info.height)
     check_encodable(info.path, width, height, resized=size is not None)
+    stored = (height, width) if info.orientation >= 5 else (width, height)
     damage = _Damage()
     count = 0
     with (_plain_errors(info.path, lambda: f"cannot decode the video after frame {count}"),
@@ -513,9 +573,9 @@ def read_video(
                 continue
             if max_frames is not None and count >= max_frames:
                 break
-            out = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+            out = frame.reformat(width=stored[0], height=stored[1], format="rgb24", interpolation="AREA")
             count += 1
-            yield np.ascontiguousarray(out.to_ndarray())
+            yield _upright(out.to_ndarray(), info.orientation)
         else:  # read to the end: are frames the container states missing?
             if start <= 0 and info.frames:
                 damage.missing = max(0, info.frames - count - damage.skipped)
@@ -524,6 +584,9 @@ def read_video(
     note = damage.note(info.path, info.frames)
     if note and notice is not None:
         notice(note)
+    if info.odd_rotation is not None and notice is not None and count:
+        notice(f"{info.path}: its display rotation ({info.odd_rotation:g} degrees clockwise) is not applied "
+               f"(only quarter turns and flips are)")
 
 
 def is_frame_pattern(path: str | os.PathLike) -> bool:

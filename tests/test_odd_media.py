@@ -174,6 +174,80 @@ def test_exif_orientation_with_size_resizes_the_upright_picture(tmp_path):
     assert read_image(path, size=(10, 0)).shape == (16, 10, 3)  # upright 20x32
 
 
+def displayed(stored: np.ndarray, a: int, b: int, c: int, d: int) -> np.ndarray:
+    """What a player shows for ``stored`` under the display matrix [[a, b], [c, d]] of
+    quarter turns and flips, straight from FFmpeg's definition: the stored pixel at
+    column p, row q goes to p' = a p + c q, q' = b p + d q, the result moved to start at 0."""
+    q, p = np.mgrid[:stored.shape[0], :stored.shape[1]]
+    p2, q2 = a * p + c * q, b * p + d * q
+    p2, q2 = p2 - p2.min(), q2 - q2.min()
+    out = np.zeros((q2.max() + 1, p2.max() + 1, 3), stored.dtype)
+    out[q2, p2] = stored[q, p]
+    return out
+
+
+def write_turned_clip(path, frames, matrix) -> None:
+    """An mp4 whose frames are stored as given and displayed through ``matrix``
+    ([[a, b], [c, d]]), lossless (libx264rgb, qp 0), as a phone writes a portrait clip."""
+    (a, b), (c, d) = matrix
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=12)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "rgb24"
+        stream.options = {"qp": "0"}
+        stream.set_display_matrix([a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30])
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+#: The eight quarter turns and flips a display matrix can say.
+DISPLAY_MATRICES = [((1, 0), (0, 1)), ((-1, 0), (0, 1)), ((-1, 0), (0, -1)), ((1, 0), (0, -1)),
+                    ((0, 1), (1, 0)), ((0, 1), (-1, 0)), ((0, -1), (-1, 0)), ((0, -1), (1, 0))]
+
+
+@pytest.mark.parametrize("matrix", DISPLAY_MATRICES)
+def test_a_videos_display_matrix_gives_the_upright_frames(tmp_path, matrix):
+    stored = [blocks(16, 10), np.roll(blocks(16, 10), 3, axis=1)]
+    write_turned_clip(tmp_path / "phone.mp4", stored, matrix)
+    info = probe_video(tmp_path / "phone.mp4")
+    upright = [displayed(f, *matrix[0], *matrix[1]) for f in stored]
+    assert (info.width, info.height) == (upright[0].shape[1], upright[0].shape[0])
+    notes = []
+    frames = list(read_video(info, notice=notes.append))
+    assert notes == []
+    assert len(frames) == 2
+    for got, want in zip(frames, upright):
+        assert np.array_equal(got, want)
+    # --size names the upright size, as for a turned JPEG
+    assert next(read_video(info, size=(0, 8))).shape == (8, round(8 * info.width / info.height), 3)
+
+
+def test_a_display_rotation_off_the_quarter_turns_is_told_and_not_applied(tmp_path):
+    with av.open(str(tmp_path / "tilted.mp4"), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 16, 10, "rgb24"
+        stream.set_display_rotation(30)
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(blocks(16, 10), format="rgb24")))
+        out.mux(stream.encode(None))
+    info = probe_video(tmp_path / "tilted.mp4")
+    notes = []
+    frames = list(read_video(info, notice=notes.append))
+    assert frames[0].shape == (10, 16, 3)
+    assert len(notes) == 1 and "display rotation (330 degrees clockwise)" in notes[0] and "not applied" in notes[0], notes
+
+
+def test_a_turned_video_encodes_and_evaluates_upright(tmp_path):
+    stored = [blocks(32, 20)] * 3
+    write_turned_clip(tmp_path / "phone.mp4", stored, ((0, -1), (1, 0)))  # a quarter turn counter-clockwise
+    code, err = run("encode", tmp_path / "phone.mp4", "-o", tmp_path / "v.gsv", *FAST)
+    assert code == 0, err
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "v.gsv"), "--json"])
+    info = json.loads(result.stdout)
+    assert (info["width"], info["height"]) == (20, 32)
+    code, err = run("eval", tmp_path / "v.gsv", "--reference", tmp_path / "phone.mp4")
+    assert code == 0 and "resizing" not in err, err
+
+
 def tiff_block(order: str, entries: list[tuple[int, int, int]]) -> bytes:
     """An EXIF TIFF block: header and one directory of (tag, type, value) entries."""
     mark = b"II" if order == "<" else b"MM"
@@ -354,6 +428,16 @@ def test_a_file_that_is_no_media_fails_plainly(tmp_path, kind, ext):
     code, err = run("encode", path, "-o", tmp_path / "x.gsv", *FAST)
     assert_fails_plainly(code, err, str(path), "gsvc can read")
     assert "(" in err and "Invalid data found" not in err
+
+
+def test_an_animated_webp_is_named_as_one(tmp_path):
+    frames = [Image.fromarray(blocks()), Image.fromarray(np.roll(blocks(), 4, axis=1))]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    code, err = run("encode", tmp_path / "anim.webp", "-o", tmp_path / "a.gsv", *FAST)
+    assert_fails_plainly(code, err, "an animated WebP", "convert it to a video")
+    assert not (tmp_path / "a.gsv").exists()
+    Image.fromarray(blocks()).save(tmp_path / "still.webp", lossless=True)  # a still WebP reads as before
+    assert np.array_equal(read_image(tmp_path / "still.webp"), blocks())
 
 
 def test_a_text_file_is_not_read_as_ansi_art(tmp_path):
