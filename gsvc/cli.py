@@ -574,6 +574,10 @@ def _encode_video(video, output, opts: _EncodeOptions, table_to_stderr) -> None:
         raise GsvcError(f"{video.path}: --bpp and --bytes apply to pictures; for a video use --gaussians or --preset")
     if video.has_audio:
         _note(f"{video.path}: has audio; gsvc codes the pictures only")
+    if video.sample_aspect != 1:
+        sar = video.sample_aspect
+        _note(f"{video.path}: non-square pixels ({sar.numerator}:{sar.denominator}); read at its display "
+              f"size {video.width}x{video.height}, as players show it")
     w, h = fit_size(opts.size, video.width, video.height)
     settings = opts.settings_for(w, h)
     structure = CodingStructure(global_motion=not opts.no_global_motion, **({"gop": opts.gop} if opts.gop else {}))

@@ -405,11 +405,9 @@ class VideoInfo:
     orientation: int = 1
     #: a display rotation that is no multiple of 90 degrees, not applied (None: none)
     odd_rotation: float | None = None
-
-    @property
-    def stored_size(self) -> tuple[int, int]:
-        """(width, height) of the frames as the file stores them."""
-        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
+    #: the stored pixels' width over their height (DVD, HDV, broadcast: not 1); ``width``
+    #: is the display width, which frames are read at (square pixels)
+    sample_aspect: Fraction = Fraction(1)
 
 
 def _is_image_container(container) -> bool:
@@ -443,6 +441,15 @@ def _refuse_stream(path: Path) -> None:
         raise GsvcError(f"{path}: a gsvc stream, not a picture or video (gsvc decode turns it into one)")
 
 
+def _sample_aspect(stream) -> Fraction:
+    """The stream's sample (pixel) aspect ratio; 1 when unset or beyond 1/8..8 (no real
+    format's, a damaged header's)."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or not Fraction(1, 8) <= sar <= 8:
+        return Fraction(1)
+    return Fraction(sar)
+
+
 def _first_frame_orientation(container, stream) -> tuple[int, float | None]:
     """``_display_orientation`` of the first frame that decodes; (1, None) when none
     does here (read_video then tells what is wrong with the frames)."""
@@ -464,11 +471,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
         if _is_image_container(container):
             return None
         width, height = _known_size(stream, p)
+        sample_aspect = _sample_aspect(stream)
+        width = max(1, round(width * sample_aspect))  # square pixels, as a player shows them
         orientation, odd = _first_frame_orientation(container, stream)
         if orientation >= 5:
             width, height = height, width
         return VideoInfo(p, width, height, _frame_rate(stream), stream.frames or 0, _duration(container, stream),
-                         bool(container.streams.audio), orientation, odd)
+                         bool(container.streams.audio), orientation, odd, sample_aspect)
 
 
 def parse_size(text: str) -> tuple[int, int]:

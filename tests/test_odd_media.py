@@ -23,6 +23,7 @@ from gsvc.media import (
     read_image,
     read_video,
     read_video_frames,
+    resize,
     video_output,
     write_image,
 )
@@ -186,14 +187,17 @@ def displayed(stored: np.ndarray, a: int, b: int, c: int, d: int) -> np.ndarray:
     return out
 
 
-def write_turned_clip(path, frames, matrix) -> None:
+def write_turned_clip(path, frames, matrix, sample_aspect=None) -> None:
     """An mp4 whose frames are stored as given and displayed through ``matrix``
-    ([[a, b], [c, d]]), lossless (libx264rgb, qp 0), as a phone writes a portrait clip."""
+    ([[a, b], [c, d]]), lossless (libx264rgb, qp 0), as a phone writes a portrait clip;
+    its pixels ``sample_aspect`` wide for 1 high when given (a DVD's 32:27)."""
     (a, b), (c, d) = matrix
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264rgb", rate=12)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "rgb24"
         stream.options = {"qp": "0"}
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
         stream.set_display_matrix([a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30])
         for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
@@ -220,6 +224,20 @@ def test_a_videos_display_matrix_gives_the_upright_frames(tmp_path, matrix):
         assert np.array_equal(got, want)
     # --size names the upright size, as for a turned JPEG
     assert next(read_video(info, size=(0, 8))).shape == (8, round(8 * info.width / info.height), 3)
+
+
+@pytest.mark.parametrize("matrix", [((1, 0), (0, 1)), ((0, 1), (-1, 0))])
+def test_non_square_pixels_are_read_at_the_display_size(tmp_path, matrix):
+    stored = blocks(72, 48)
+    write_turned_clip(tmp_path / "dvd.mp4", [stored] * 2, matrix, sample_aspect=Fraction(32, 27))
+    info = probe_video(tmp_path / "dvd.mp4")
+    assert info.sample_aspect == Fraction(32, 27)
+    wide = resize(stored, 85, 48)  # 72 x 32/27 = 85.3 square pixels wide, as a player shows it
+    want = displayed(wide, *matrix[0], *matrix[1])
+    assert (info.width, info.height) == (want.shape[1], want.shape[0])
+    assert np.array_equal(next(read_video(info)), want)
+    code, err = run("encode", tmp_path / "dvd.mp4", "-o", tmp_path / "v.gsv", *FAST)
+    assert code == 0 and "non-square pixels (32:27)" in err, err
 
 
 def test_a_display_rotation_off_the_quarter_turns_is_told_and_not_applied(tmp_path):
