@@ -381,6 +381,11 @@ _IMAGE_DEMUXERS = {"image2", "image2pipe"}
 #: Video outputs by extension: (codec, pixel format, codec options).
 #: H.264 is for watching (yuv420p, visually near-lossless); FFV1 keeps the decoded
 #: frames exactly (lossless RGB).
+#: FFmpeg's codes for BT.709 (matrix, primaries, transfer: AVCOL_SPC/PRI/TRC_BT709) and
+#: for limited ("MPEG", 16-235) range, which H.264 output is converted to and tagged with.
+_BT709 = 1
+_LIMITED_RANGE = 1
+
 VIDEO_WRITERS = {
     ".mp4": ("libx264", "yuv420p", {"crf": "12", "preset": "medium"}),
     ".mov": ("libx264", "yuv420p", {"crf": "12", "preset": "medium"}),
@@ -641,12 +646,20 @@ def video_output(path: str | os.PathLike, width: int, height: int, fps: Fraction
             stream = out.add_stream(codec, rate=fps, options=dict(options))
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             stream.codec_context.time_base = 1 / Fraction(fps)
+            yuv = pix_fmt.startswith("yuv")
+            if yuv:  # BT.709, limited range, and said so: players guess otherwise for untagged SD or HD
+                cc = stream.codec_context
+                cc.colorspace = cc.color_primaries = cc.color_trc = _BT709
+                cc.color_range = _LIMITED_RANGE
             index = 0
 
             def write(rgb: np.ndarray) -> None:
                 nonlocal index
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame = frame.reformat(format=pix_fmt)
+                if yuv:
+                    frame = frame.reformat(format=pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG")
+                else:
+                    frame = frame.reformat(format=pix_fmt)
                 frame.pts = index
                 frame.time_base = stream.codec_context.time_base
                 index += 1

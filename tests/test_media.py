@@ -60,3 +60,25 @@ def test_failed_write_leaves_nothing(tmp_path, crop):
     with pytest.raises(GsvcError):
         write_image(tmp_path / "missing" / "x.png", crop)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_h264_output_is_bt709_and_says_so(tmp_path):
+    """Players read untagged H.264 as BT.601 or BT.709 by their own guess (by size):
+    the decoder converts with BT.709 and tags it, so every player shows the same colours."""
+    from fractions import Fraction
+
+    from gsvc.media import probe_video, read_video, video_output
+
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:16], rgb[16:32], rgb[32:] = (230, 20, 20), (20, 230, 20), (20, 20, 230)
+    with video_output(tmp_path / "c.mp4", 64, 48, Fraction(24)) as write:
+        for _ in range(2):
+            write(rgb)
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        frame = next(c.decode(video=0))
+        assert (int(frame.colorspace), int(frame.color_range)) == (1, 1)  # BT.709, limited
+        as_601 = frame.reformat(format="rgb24", src_colorspace="ITU601").to_ndarray()
+    back = next(read_video(probe_video(tmp_path / "c.mp4")))
+    inner = (slice(4, 12), slice(4, 60))  # away from 4:2:0 chroma edges
+    assert np.abs(back[inner].astype(int) - rgb[inner]).max() <= 4
+    assert np.abs(as_601[inner].astype(int) - rgb[inner]).max() > 10  # so the matrix is really 709
