@@ -556,6 +556,34 @@ def _no_frames(info: VideoInfo, start: float, damage: _Damage) -> GsvcError:
     return GsvcError(f"{info.path}: the video has no frames")
 
 
+def _timed_frames(info: VideoInfo, start: float, damage: _Damage) -> Iterator[tuple[object, float]]:
+    """(frame, seconds from the video's first frame) in decoding order, from about
+    ``start`` on: a seek to the key frame before it, or, where the demuxer cannot seek
+    there (MPEG-TS without an index lands past it or nowhere), from the top. Seconds
+    count from the first frame, as ffmpeg's -ss does: a capture or transport stream may
+    begin its clock anywhere (10 s, 3 hours)."""
+    for from_top in (start <= 0, True):
+        with _open_input(info.path) as container:
+            stream = _picture_stream(container, info.path)
+            stream.thread_type = "AUTO"
+            base = stream.time_base
+            origin = stream.start_time if stream.start_time is not None and base else 0
+            target = None
+            if not from_top and base:
+                target = origin + int(start / base)
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            index = -1
+            for index, frame in enumerate(_decoded_frames(container, stream, damage)):
+                if index == 0 and target is not None and frame.pts is not None and frame.pts > target:
+                    break  # landed past the start
+                t = float((frame.pts - origin) * base) if frame.pts is not None and base else index / float(info.fps)
+                yield frame, t
+            else:
+                if index >= 0 or from_top:
+                    return
+            damage.skipped, damage.first_time = 0, None  # read again from the top
+
+
 def read_video(
     info: VideoInfo, start: float = 0.0, max_frames: int | None = None, size: tuple[int, int] | None = None,
     notice: Notice | None = None,
@@ -575,17 +603,13 @@ def read_video(
     stored = (height, width) if info.orientation >= 5 else (width, height)
     damage = _Damage()
     count = 0
-    with (_plain_errors(info.path, lambda: f"cannot decode the video after frame {count}"),
-          _open_input(info.path) as container):
-        stream = _picture_stream(container, info.path)
-        stream.thread_type = "AUTO"
-        if start > 0 and stream.time_base:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        for index, frame in enumerate(_decoded_frames(container, stream, damage)):
-            t = frame.time if frame.time is not None else index / float(info.fps)
+    with _plain_errors(info.path, lambda: f"cannot decode the video after frame {count}"):
+        timed = _timed_frames(info, start, damage)
+        for frame, t in timed:
             if t < start - 0.5 / float(info.fps):
                 continue
             if max_frames is not None and count >= max_frames:
+                timed.close()
                 break
             out = frame.reformat(width=stored[0], height=stored[1], format="rgb24", interpolation="AREA")
             count += 1

@@ -377,6 +377,21 @@ def test_start_past_the_end_is_refused(tmp_path):
     assert_fails_plainly(code, err, "no frames from --start 60 s on")
 
 
+@pytest.mark.parametrize("name,codec,pix_fmt", [("clock.ts", "libx264", "yuv420p"), ("clock.mkv", "ffv1", "bgr0"),
+                                                 ("clock.mp4", "libx264", "yuv420p")])
+def test_start_counts_from_the_first_frame_whatever_the_clock(tmp_path, name, codec, pix_fmt):
+    """A capture's clock may begin at 10 s: --start 1 is the 25th frame at 25 fps, as with
+    ffmpeg -ss; an MPEG-TS (which cannot seek without an index) is read from the top."""
+    write_frames(tmp_path / name, 50, codec, pix_fmt, pts=[250 + i for i in range(50)])
+    frames = list(read_video(probe_video(tmp_path / name), start=1.0, max_frames=3))
+
+    def which(frame):
+        return int(np.argmin([np.mean((frame.astype(float) - noise(32, 24, i)) ** 2) for i in range(50)]))
+
+    assert [which(f) for f in frames] == [25, 26, 27]
+    assert which(next(read_video(probe_video(tmp_path / name)))) == 0
+
+
 @pytest.mark.parametrize("name,codec,pix_fmt", [("vfr.mp4", "libx264", "yuv420p"), ("vfr.mkv", "ffv1", "bgr0")])
 def test_variable_frame_rate_keeps_every_frame_at_the_average_rate(tmp_path, name, codec, pix_fmt):
     times_ms = [0, 40, 200, 210, 400, 700, 720]
