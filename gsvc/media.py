@@ -590,7 +590,8 @@ def read_video(
 ) -> Iterator[np.ndarray]:
     """Decode frames one at a time as upright [H, W, 3] uint8 RGB (the display matrix
     applied, as players do), from ``start`` seconds on, resized (area filter) to
-    ``size`` when given.
+    ``size`` when given. Samples over 8 bits are rounded to 8 (as pictures are) and
+    transparency is dropped, told in one ``notice`` line.
 
     Every decoded frame is yielded once, in order, whatever its timestamp (none dropped
     or repeated onto a constant-rate grid): a variable-rate video keeps its frame count,
@@ -603,6 +604,7 @@ def read_video(
     stored = (height, width) if info.orientation >= 5 else (width, height)
     damage = _Damage()
     count = 0
+    losses: dict[str, None] = {}  # what converting lost, in order, once each
     with _plain_errors(info.path, lambda: f"cannot decode the video after frame {count}"):
         timed = _timed_frames(info, start, damage)
         for frame, t in timed:
@@ -611,9 +613,10 @@ def read_video(
             if max_frames is not None and count >= max_frames:
                 timed.close()
                 break
-            out = frame.reformat(width=stored[0], height=stored[1], format="rgb24", interpolation="AREA")
+            rgb, lost = _to_rgb(frame, *stored)
+            losses.update(dict.fromkeys(lost))
             count += 1
-            yield _upright(out.to_ndarray(), info.orientation)
+            yield _upright(rgb, info.orientation)
         else:  # read to the end: are frames the container states missing?
             if start <= 0 and info.frames:
                 damage.missing = max(0, info.frames - count - damage.skipped)
@@ -622,6 +625,8 @@ def read_video(
     note = damage.note(info.path, info.frames)
     if note and notice is not None:
         notice(note)
+    if losses and notice is not None:
+        notice(f"{info.path}: converted to 8-bit RGB: {', '.join(losses)}")
     if info.odd_rotation is not None and notice is not None and count:
         notice(f"{info.path}: its display rotation ({info.odd_rotation:g} degrees clockwise) is not applied "
                f"(only quarter turns and flips are)")

@@ -377,6 +377,23 @@ def test_start_past_the_end_is_refused(tmp_path):
     assert_fails_plainly(code, err, "no frames from --start 60 s on")
 
 
+def test_a_10_bit_video_is_rounded_to_8_bits_with_one_note(tmp_path):
+    ten = np.random.default_rng(3).integers(0, 1024, (24, 32, 3)).astype(np.uint16)  # 10-bit samples
+    with av.open(str(tmp_path / "deep.mkv"), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "gbrp10le"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray((ten * 64) | (ten >> 4), format="rgb48le").reformat(format="gbrp10le")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    notes = []
+    frames = list(read_video(probe_video(tmp_path / "deep.mkv"), notice=notes.append))
+    assert len(frames) == 3
+    assert notes == [f"{tmp_path / 'deep.mkv'}: converted to 8-bit RGB: 10-bit samples reduced to 8 bits"]
+    want = np.round(ten.astype(float) * 255 / 1023)
+    assert np.abs(frames[0].astype(float) - want).max() <= 1
+
+
 @pytest.mark.parametrize("name,codec,pix_fmt", [("clock.ts", "libx264", "yuv420p"), ("clock.mkv", "ffv1", "bgr0"),
                                                  ("clock.mp4", "libx264", "yuv420p")])
 def test_start_counts_from_the_first_frame_whatever_the_clock(tmp_path, name, codec, pix_fmt):
