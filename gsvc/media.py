@@ -280,6 +280,9 @@ def _known_size(stream, path: Path) -> tuple[int, int]:
     return width, height
 
 
+#: FFmpeg's transfer characteristics of HDR (AVCOL_TRC_SMPTE2084, AVCOL_TRC_ARIB_STD_B67).
+_HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
 #: What a frame is converted to, by (samples over 8 bits, has alpha or a palette).
 _WORKING_FORMATS = {(False, False): "rgb24", (False, True): "rgba", (True, False): "rgb48le", (True, True): "rgba64le"}
 
@@ -299,6 +302,9 @@ def _to_rgb(frame, width: int, height: int) -> tuple[np.ndarray, list[str]]:
         losses.append(f"{bits}-bit samples reduced to 8 bits")
     if alpha and samples[..., 3].min() < 255:
         losses.append("transparency (alpha) dropped")
+    hdr = _HDR_TRANSFERS.get(int(getattr(frame, "color_trc", 0) or 0))
+    if hdr:
+        losses.append(f"HDR ({hdr}) samples kept as they are, without tone mapping (colours look flat)")
     return np.ascontiguousarray(samples[..., :3]), losses
 
 

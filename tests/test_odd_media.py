@@ -394,6 +394,20 @@ def test_a_10_bit_video_is_rounded_to_8_bits_with_one_note(tmp_path):
     assert np.abs(frames[0].astype(float) - want).max() <= 1
 
 
+@pytest.mark.parametrize("trc,name", [(16, "PQ"), (18, "HLG")])
+def test_an_hdr_video_says_it_is_not_tone_mapped(tmp_path, trc, name):
+    with av.open(str(tmp_path / "hdr.mkv"), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p10le"
+        stream.codec_context.color_trc, stream.codec_context.color_primaries = trc, 9  # BT.2020
+        stream.codec_context.colorspace = 9
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(noise(32, 24), format="rgb24").reformat(format="yuv420p10le")))
+        out.mux(stream.encode(None))
+    notes = []
+    list(read_video(probe_video(tmp_path / "hdr.mkv"), notice=notes.append))
+    assert len(notes) == 1 and f"HDR ({name})" in notes[0] and "without tone mapping" in notes[0], notes
+
+
 @pytest.mark.parametrize("name,codec,pix_fmt", [("clock.ts", "libx264", "yuv420p"), ("clock.mkv", "ffv1", "bgr0"),
                                                  ("clock.mp4", "libx264", "yuv420p")])
 def test_start_counts_from_the_first_frame_whatever_the_clock(tmp_path, name, codec, pix_fmt):
