@@ -677,7 +677,9 @@ def video_output(path: str | os.PathLike, width: int, height: int, fps: Fraction
     if codec == "ffv1" and width == 1:
         options = {**options, "level": "1"}  # FFV1's sliced levels cannot open a 1-pixel-wide frame
     with atomic_output(dest) as tmp:
-        with av.open(str(tmp), "w") as out:
+        # an .mp4/.mov with its index first (ffmpeg's -movflags +faststart): a browser plays it while loading
+        muxer = {"movflags": "+faststart"} if dest.suffix.lower() in (".mp4", ".mov") else {}
+        with av.open(str(tmp), "w", options=muxer) as out:
             stream = out.add_stream(codec, rate=fps, options=dict(options))
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             stream.codec_context.time_base = 1 / Fraction(fps)

@@ -82,3 +82,24 @@ def test_h264_output_is_bt709_and_says_so(tmp_path):
     inner = (slice(4, 12), slice(4, 60))  # away from 4:2:0 chroma edges
     assert np.abs(back[inner].astype(int) - rgb[inner]).max() <= 4
     assert np.abs(as_601[inner].astype(int) - rgb[inner]).max() > 10  # so the matrix is really 709
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mov"])
+def test_mp4_output_has_its_index_first(tmp_path, ext):
+    """ffmpeg's -movflags +faststart: the moov box before the media data, so a browser
+    plays the file while it loads."""
+    import struct
+    from fractions import Fraction
+
+    from gsvc.media import video_output
+
+    with video_output(tmp_path / f"c{ext}", 32, 24, Fraction(24)) as write:
+        for i in range(3):
+            write(np.full((24, 32, 3), 40 * i, np.uint8))
+    data = (tmp_path / f"c{ext}").read_bytes()
+    boxes, at = [], 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        boxes.append(kind)
+        at += size or len(data)
+    assert boxes.index(b"moov") < boxes.index(b"mdat"), boxes
