@@ -256,11 +256,12 @@ def _open_input(path: Path):
 
 
 def _picture_stream(container, path: Path):
-    """The first video stream, its decoder capped at MAX_SOURCE_PIXELS; fails when there
-    is none, when FFmpeg cannot decode it, or when it is text drawn as video."""
+    """The video stream FFmpeg picks as the main one (as ffmpeg does: not a cover picture
+    stored before the film), its decoder capped at MAX_SOURCE_PIXELS; fails when there is
+    none, when FFmpeg cannot decode it, or when it is text drawn as video."""
     if not container.streams.video:
         raise GsvcError(f"{path}: no video or picture in it")
-    stream = container.streams.video[0]
+    stream = container.streams.best("video") or container.streams.video[0]
     codec = stream.codec_context
     if codec is None:
         raise GsvcError(f"{path}: FFmpeg has no decoder for its picture codec")

@@ -394,6 +394,23 @@ def test_a_10_bit_video_is_rounded_to_8_bits_with_one_note(tmp_path):
     assert np.abs(frames[0].astype(float) - want).max() <= 1
 
 
+def test_the_film_is_read_not_a_cover_picture_stored_before_it(tmp_path):
+    with av.open(str(tmp_path / "film.mkv"), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 24, "yuvj420p"
+        film = out.add_stream("ffv1", rate=25)
+        film.width, film.height, film.pix_fmt = 48, 36, "bgr0"
+        out.mux(cover.encode(av.VideoFrame.from_ndarray(noise(32, 24), format="rgb24").reformat(format="yuvj420p")))
+        out.mux(cover.encode(None))
+        for i in range(6):
+            out.mux(film.encode(av.VideoFrame.from_ndarray(noise(48, 36, i), format="rgb24").reformat(format="bgr0")))
+        out.mux(film.encode(None))
+    info = probe_video(tmp_path / "film.mkv")
+    frames = list(read_video(info))
+    assert (info.width, info.height, len(frames)) == (48, 36, 6)
+    assert np.array_equal(frames[2], noise(48, 36, 2))
+
+
 @pytest.mark.parametrize("trc,name", [(16, "PQ"), (18, "HLG")])
 def test_an_hdr_video_says_it_is_not_tone_mapped(tmp_path, trc, name):
     with av.open(str(tmp_path / "hdr.mkv"), "w") as out:
