@@ -8,6 +8,7 @@ loses something (alpha, samples over 8 bits, CMYK) is told in one ``notice`` lin
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import struct
@@ -522,6 +523,7 @@ class _Damage:
     skipped: int = 0
     first_time: float | None = None  # seconds, of the first skipped packet
     missing: int = 0  # frames the container states beyond those read or skipped
+    deinterlaced: bool = False  # interlaced frames were deinterlaced (not a loss: told apart)
 
     def skip(self, packet) -> None:
         if self.skipped == 0 and packet.pts is not None and packet.time_base:
@@ -568,7 +570,8 @@ def _timed_frames(info: VideoInfo, start: float, damage: _Damage) -> Iterator[tu
     ``start`` on: a seek to the key frame before it, or, where the demuxer cannot seek
     there (MPEG-TS without an index lands past it or nowhere), from the top. Seconds
     count from the first frame, as ffmpeg's -ss does: a capture or transport stream may
-    begin its clock anywhere (10 s, 3 hours)."""
+    begin its clock anywhere (10 s, 3 hours). Interlaced frames come deinterlaced
+    (``_deinterlaced``; ``damage.deinterlaced`` says so)."""
     for from_top in (start <= 0, True):
         with _open_input(info.path) as container:
             stream = _picture_stream(container, info.path)
@@ -579,16 +582,53 @@ def _timed_frames(info: VideoInfo, start: float, damage: _Damage) -> Iterator[tu
             if not from_top and base:
                 target = origin + int(start / base)
                 container.seek(target, stream=stream, backward=True, any_frame=False)
-            index = -1
-            for index, frame in enumerate(_decoded_frames(container, stream, damage)):
-                if index == 0 and target is not None and frame.pts is not None and frame.pts > target:
-                    break  # landed past the start
-                t = float((frame.pts - origin) * base) if frame.pts is not None and base else index / float(info.fps)
-                yield frame, t
-            else:
-                if index >= 0 or from_top:
-                    return
+            decoded = _decoded_frames(container, stream, damage)
+            first = next(decoded, None)
+            landed = first is not None and not (target is not None and first.pts is not None and first.pts > target)
+            if landed:
+                frames: Iterator = itertools.chain([first], decoded)
+                interlaced = getattr(first, "interlaced_frame", False)
+                if interlaced and min(first.width, first.height) >= _MIN_DEINTERLACE_SIDE:
+                    damage.deinterlaced = True
+                    frames = _deinterlaced(frames, stream)
+                for index, frame in enumerate(frames):
+                    timed = frame.pts is not None and base
+                    yield frame, (float((frame.pts - origin) * base) if timed else index / float(info.fps))
+            if landed or from_top:
+                return
             damage.skipped, damage.first_time = 0, None  # read again from the top
+
+
+#: bwdif needs a few lines and columns around each pixel.
+_MIN_DEINTERLACE_SIDE = 4
+
+
+def _deinterlaced(frames: Iterator, stream) -> Iterator:
+    """``frames`` through FFmpeg's bwdif, a frame for each frame (what players do with an
+    interlaced broadcast or camcorder clip; coded as stored, its two fields would be
+    drawn as combs). Only frames flagged interlaced are touched."""
+    import av
+
+    graph = av.filter.Graph()
+    source = graph.add_buffer(template=stream)
+    deinterlace = graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+    sink = graph.add("buffersink")
+    source.link_to(deinterlace)
+    deinterlace.link_to(sink)
+    graph.configure()
+
+    def ready() -> Iterator:
+        while True:
+            try:
+                yield graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+
+    for frame in frames:
+        graph.push(frame)
+        yield from ready()
+    graph.push(None)
+    yield from ready()
 
 
 def read_video(
@@ -634,6 +674,8 @@ def read_video(
         notice(note)
     if losses and notice is not None:
         notice(f"{info.path}: converted to 8-bit RGB: {', '.join(losses)}")
+    if damage.deinterlaced and notice is not None:
+        notice(f"{info.path}: interlaced; deinterlaced (bwdif, a frame for each frame) as players show it")
     if info.odd_rotation is not None and notice is not None and count:
         notice(f"{info.path}: its display rotation ({info.odd_rotation:g} degrees clockwise) is not applied "
                f"(only quarter turns and flips are)")
