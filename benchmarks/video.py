@@ -172,6 +172,8 @@ def main() -> None:
                     help="P-frames' rate term, dB per bpp (CodingStructure.rate_slope)")
     ap.add_argument("--p-share", type=float, default=CodingStructure.p_share,
                     help="P-frame iterations as a share of the I-frame ones (CodingStructure.p_share)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="Gaussian counts of the I/P encode, as a share of the default (e.g. 1.5)")
     args = ap.parse_args()
 
     cal = calibrate()
@@ -180,8 +182,12 @@ def main() -> None:
     h, w = frames[0].shape[:2]
     print(f"{args.video}: {len(frames)} frames at {w}x{h}, {float(info.fps):.3f} fps, preset {args.preset}"
           + (f", calib {cal:.3f} s" if cal else ""), flush=True)
-    settings = EncodeSettings(train=train_settings(args.preset), device="cpu")
+    from gsvc.encoder import default_counts
+
+    counts = None if args.scale == 1.0 else tuple(max(4, round(c * args.scale)) for c in default_counts(w, h))
+    settings = EncodeSettings(gaussians=counts, train=train_settings(args.preset), device="cpu")
     results = {"video": args.video, "frames": len(frames), "size": [w, h], "preset": args.preset, "calib": cal,
+               "scale": args.scale,
                "p_rate_slope": args.p_rate_slope, "p_share": args.p_share, "global_motion": not args.no_global_motion}
     log_rate = tuple(float(v) for v in args.p_log_rate.split(","))
     results.update(p_log_rate=list(log_rate), p_log_layers=args.p_log_layers)
@@ -205,8 +211,6 @@ def main() -> None:
         results["gsvc_all_intra"] = earlier["gsvc_all_intra"]
     elif not args.skip_all_intra:
         print("all-I coding (--gop 1):", flush=True)
-        from gsvc.encoder import default_counts
-
         counts = tuple(max(4, round(c * args.all_intra_scale)) for c in default_counts(w, h))
         intra = EncodeSettings(gaussians=counts, train=train_settings(args.preset), device="cpu")
         results["all_intra_counts"] = counts
