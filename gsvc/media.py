@@ -386,14 +386,14 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95
 #: Demuxers that hold one still picture: such inputs are encoded as image streams.
 _IMAGE_DEMUXERS = {"image2", "image2pipe"}
 
-#: Video outputs by extension: (codec, pixel format, codec options).
-#: H.264 is for watching (yuv420p, visually near-lossless); FFV1 keeps the decoded
-#: frames exactly (lossless RGB).
 #: FFmpeg's codes for BT.709 (matrix, primaries, transfer: AVCOL_SPC/PRI/TRC_BT709) and
 #: for limited ("MPEG", 16-235) range, which H.264 output is converted to and tagged with.
 _BT709 = 1
 _LIMITED_RANGE = 1
 
+#: Video outputs by extension: (codec, pixel format, codec options).
+#: H.264 is for watching (yuv420p, visually near-lossless); FFV1 keeps the decoded
+#: frames exactly (lossless RGB).
 VIDEO_WRITERS = {
     ".mp4": ("libx264", "yuv420p", {"crf": "12", "preset": "medium"}),
     ".mov": ("libx264", "yuv420p", {"crf": "12", "preset": "medium"}),
