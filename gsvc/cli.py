@@ -302,6 +302,7 @@ class _EncodeOptions:
     size: tuple[int, int] | None = None
     max_frames: int | None = None
     start: float = 0.0
+    fps: float | None = None
     gop: int | None = None
     no_global_motion: bool = False
     device: str = "auto"
@@ -383,6 +384,8 @@ class _EncodeOptions:
               help="Resize the input first (one side 0 keeps the aspect ratio).")
 @click.option("--frames", "max_frames", type=click.IntRange(1, 1 << 24), help="Video: encode at most this many frames.")
 @click.option("--start", type=click.FloatRange(0), default=0.0, help="Video: start at this time (seconds).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), metavar="RATE",
+              help="Frame-pattern input (frames/f_%04d.png): its frame rate (default 25, as ffmpeg's).")
 @click.option("--gop", type=click.IntRange(1, 1 << 24),
               help="Video: closed GOPs of N frames, each starting with an I-frame (default 30; 1 = all I-frames).")
 @click.option("--no-global-motion", is_flag=True,
@@ -412,7 +415,7 @@ def encode(inputs, output, **options):
     if output is None:
         if _is_stdio(input):
             raise click.UsageError("reading stdin (-) needs -o (a file, or - for stdout)")
-        output = input.with_suffix(".gsv")
+        output = _default_output(input)
     if not _is_stdio(output):
         _claim_output([output], input, opts.overwrite)
         if output.suffix.lower() != ".gsv":
@@ -423,10 +426,14 @@ def encode(inputs, output, **options):
 
 def _encode(input, output, opts: _EncodeOptions, table_to_stderr: bool) -> None:
     from .files import check_writable
-    from .media import probe_video
+    from .media import pattern_start, probe_video
 
-    video = probe_video(input)
+    from fractions import Fraction
+
+    video = probe_video(input, pattern_fps=Fraction(opts.fps).limit_denominator(1001) if opts.fps else None)
     check_writable(output)  # fail on an unwritable destination before minutes of training
+    if opts.fps and not (video is not None and pattern_start(input) is not None):
+        _note(f"{input}: --fps applies to frame-pattern input (f_%04d.png) only; ignored")
     if video is not None:
         _encode_video(video, output, opts, table_to_stderr)
         return
@@ -492,6 +499,19 @@ def _encode_image(input, output, opts: _EncodeOptions, table_to_stderr) -> None:
 
 #: Picture extensions taken from a directory given as the input of a batch.
 BATCH_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _default_output(input: Path) -> Path:
+    """INPUT.gsv beside the input; for a frame pattern (f_%04d.png) its name without the
+    number field (f.gsv)."""
+    import re
+
+    from .media import is_frame_pattern
+
+    if not is_frame_pattern(input):
+        return input.with_suffix(".gsv")
+    stem = re.sub(r"[_.\- ]*%0?\d*d[_.\- ]*", "_", input.stem).strip("_") or "frames"
+    return input.with_name(stem + ".gsv")
 
 
 def _batch_inputs(inputs: tuple[Path, ...]) -> list[Path] | None:

@@ -248,12 +248,44 @@ def _display_orientation(frame) -> tuple[int, float | None]:
 
 # --- opening and converting ----------------------------------------------------------
 
-def _open_input(path: Path):
+def _open_input(path: Path, fps: Fraction = Fraction(25)):
     """av.open with FFmpeg's own cap on picture size, so that probing a file never
-    decodes a picture over MAX_SOURCE_PIXELS."""
+    decodes a picture over MAX_SOURCE_PIXELS. A frame pattern (``pattern_start``) opens
+    as FFmpeg's image2 sequence at ``fps``."""
     import av
 
-    return av.open(str(path), options={"max_pixels": str(MAX_SOURCE_PIXELS)})
+    options = {"max_pixels": str(MAX_SOURCE_PIXELS)}
+    start = pattern_start(path)
+    if start is not None:
+        options.update(start_number=str(start), framerate=f"{fps.numerator}/{fps.denominator}")
+        return av.open(str(path), format="image2", options=options)
+    return av.open(str(path), options=options)
+
+
+def pattern_start(path: str | os.PathLike) -> int | None:
+    """The first number of a frame-pattern input such as frames/f_%04d.png (what
+    ``gsvc decode -o`` writes), trying 0..4 as FFmpeg's image2 does; None when ``path``
+    is no pattern, or names an existing file itself."""
+    p = Path(path)
+    if not is_frame_pattern(p) or p.exists():
+        return None
+    for n in range(5):
+        if _pattern_file(p, n).is_file():
+            return n
+    return None
+
+
+def _pattern_file(pattern: Path, n: int) -> Path:
+    """Frame ``n`` of a frame pattern (the pattern is in the file name only)."""
+    return pattern.parent / (pattern.name % n)
+
+
+def _pattern_frames(pattern: Path, start: int) -> int:
+    """How many files a frame pattern holds from ``start`` on, up to the first gap."""
+    n = 0
+    while _pattern_file(pattern, start + n).is_file():
+        n += 1
+    return n
 
 
 def _picture_stream(container, path: Path):
@@ -475,8 +507,13 @@ def _first_frame_orientation(container, stream) -> tuple[int, float | None]:
     return _display_orientation(first) if first is not None else (1, None)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo | None:
-    """The video's properties, or None when the file is a still picture."""
+def probe_video(path: str | os.PathLike, pattern_fps: Fraction | None = None) -> VideoInfo | None:
+    """The video's properties, or None when the file is a still picture. A frame pattern
+    (frames/f_%04d.png, ``pattern_start``) is a video at ``pattern_fps`` (default 25, as
+    ffmpeg reads one)."""
+    start = pattern_start(path)
+    if start is not None:
+        return _probe_pattern(Path(path), start, Fraction(pattern_fps or 25))
     p = check_input_file(path)
     _refuse_stream(p)
     with _plain_errors(p, "not a picture or video gsvc can read"), _open_input(p) as container:
@@ -491,6 +528,18 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
             width, height = height, width
         return VideoInfo(p, width, height, _frame_rate(stream), stream.frames or 0, _duration(container, stream),
                          bool(container.streams.audio), orientation, odd, sample_aspect)
+
+
+def _probe_pattern(pattern: Path, start: int, fps: Fraction) -> VideoInfo:
+    first = check_input_file(_pattern_file(pattern, start))
+    _refuse_stream(first)
+    if not Fraction(1, MAX_FPS) <= fps <= MAX_FPS:
+        raise GsvcError(f"--fps {float(fps):g}: out of range")
+    frames = _pattern_frames(pattern, start)
+    with _plain_errors(first, "not a picture gsvc can read"), _open_input(pattern, fps) as container:
+        stream = _picture_stream(container, pattern)
+        width, height = _known_size(stream, first)
+    return VideoInfo(pattern, width, height, fps, frames, frames / float(fps), False)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -573,7 +622,7 @@ def _timed_frames(info: VideoInfo, start: float, damage: _Damage) -> Iterator[tu
     begin its clock anywhere (10 s, 3 hours). Interlaced frames come deinterlaced
     (``_deinterlaced``; ``damage.deinterlaced`` says so)."""
     for from_top in (start <= 0, True):
-        with _open_input(info.path) as container:
+        with _open_input(info.path, info.fps) as container:
             stream = _picture_stream(container, info.path)
             stream.thread_type = "AUTO"
             base = stream.time_base

@@ -561,3 +561,34 @@ def test_p_frame_layers_choose_no_change_where_the_fit_does_not_pay(clip):
         c is t for c, t in zip(chosen, trained)]
     same = [unchanged[0]] + trained[1:]
     assert enc._modes(same, unchanged, drawn)[0] is unchanged[0]
+
+
+def test_a_frame_pattern_is_a_video_input(cli_stream):
+    """What decode -o f_%04d.png writes, encode and eval read back (ffmpeg's image2: the
+    first number 0..4, 25 fps unless --fps says otherwise)."""
+    d = cli_stream
+    (d / "seq").mkdir()
+    code, _, err = run("decode", d / "clip.gsv", "-o", d / "seq" / "f_%04d.png")
+    assert code == 0, err
+    code, out, err = run("eval", d / "clip.gsv", "--reference", d / "seq" / "f_%04d.png", "--json")
+    assert code == 0, err
+    assert json.loads(out)["layers"][-1]["psnr"] >= 99  # the decoded frames themselves
+    code, _, err = run("encode", d / "seq" / "f_%04d.png", "--fps", "12", "--gaussians", "12,6", "--iterations", "5",
+                       "-q", "--device", "cpu")
+    assert code == 0, err
+    info = json.loads(run("info", d / "seq" / "f.gsv", "--json")[1])  # the number field left out of the name
+    assert (info["kind"], info["frames"], info["fps"]) == ("video", 8, 12.0)
+    from gsvc.media import probe_video, read_video
+
+    pattern = probe_video(d / "seq" / "f_%04d.png", pattern_fps=Fraction(10))
+    later = list(read_video(pattern, start=0.2))  # from the third frame at 10 fps
+    assert len(later) == 6
+    np.testing.assert_array_equal(later[0], read_image(d / "seq" / "f_0003.png"))
+
+
+def test_fps_is_for_frame_patterns(cli_stream, clip_file):
+    code, _, err = run("encode", clip_file, "-o", cli_stream / "fps.gsv", "--fps", "30", "--gaussians", "8,4",
+                       "--iterations", "2", "--frames", "2", "-q", "--device", "cpu")
+    assert code == 0 and "--fps applies to frame-pattern input" in err, err
+    info = json.loads(run("info", cli_stream / "fps.gsv", "--json")[1])
+    assert info["fps"] == 12.0  # the video's own rate
