@@ -134,9 +134,10 @@ def _claim_output(outputs: list[Path], source, overwrite: bool | None) -> None:
     Special files (/dev/null, a FIFO) are written in place and never count as existing.
     """
     from .files import is_special, same_file
+    from .media import in_frame_pattern
 
     for out in outputs:
-        if not _is_stdio(source) and same_file(out, source):
+        if not _is_stdio(source) and (same_file(out, source) or in_frame_pattern(out, source)):
             raise GsvcError(f"{out}: is the input file; choose another output")
         if out.is_dir():
             raise GsvcError(f"{out}: is a directory")

@@ -275,6 +275,19 @@ def pattern_start(path: str | os.PathLike) -> int | None:
     return None
 
 
+def in_frame_pattern(path: str | os.PathLike, pattern: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of the files of the frame-pattern input ``pattern``."""
+    import re
+
+    from .files import same_file
+
+    pat, p = Path(pattern), Path(path)
+    if pattern_start(pat) is None or not same_file(p.parent, pat.parent):
+        return False
+    head, tail = re.match(r"(.*?)%0?\d*d(.*)", pat.name, re.S).groups()
+    return re.fullmatch(re.escape(head) + r"\d+" + re.escape(tail), p.name) is not None
+
+
 def _pattern_file(pattern: Path, n: int) -> Path:
     """Frame ``n`` of a frame pattern (the pattern is in the file name only)."""
     return pattern.parent / (pattern.name % n)

@@ -586,6 +586,17 @@ def test_a_frame_pattern_is_a_video_input(cli_stream):
     np.testing.assert_array_equal(later[0], read_image(d / "seq" / "f_0003.png"))
 
 
+def test_encode_never_writes_onto_a_frame_of_its_pattern(cli_stream):
+    d = cli_stream
+    (d / "own").mkdir()
+    assert run("decode", d / "clip.gsv", "-o", d / "own" / "f_%04d.png")[0] == 0
+    before = (d / "own" / "f_0002.png").read_bytes()
+    code, _, err = run("encode", d / "own" / "f_%04d.png", "-o", d / "own" / "f_0002.png", "-y", "--iterations", "2",
+                       "-q", "--device", "cpu")
+    assert code == 1 and "is the input file" in err, err
+    assert (d / "own" / "f_0002.png").read_bytes() == before
+
+
 def test_fps_is_for_frame_patterns(cli_stream, clip_file):
     code, _, err = run("encode", clip_file, "-o", cli_stream / "fps.gsv", "--fps", "30", "--gaussians", "8,4",
                        "--iterations", "2", "--frames", "2", "-q", "--device", "cpu")
