@@ -226,7 +226,11 @@ def _display_orientation(frame) -> tuple[int, float | None]:
     so there) as the EXIF orientation that turns the stored rows upright, with FFmpeg's
     own autorotate rules; and the angle in degrees when it is no multiple of 90 (then 1:
     not applied). No matrix: (1, None)."""
-    matrix = next((bytes(d) for d in frame.side_data if d.type.name == "DISPLAYMATRIX"), None)
+    try:
+        matrix = next((bytes(d) for d in frame.side_data if d.type.name == "DISPLAYMATRIX"), None)
+    except ValueError:  # side data PyAV cannot name (a TIFF's, a JPEG's): the rotation alone, no flips
+        turn = round(getattr(frame, "rotation", 0) or 0) % 360  # degrees anticlockwise
+        return {0: (1, None), 90: (8, None), 180: (3, None), 270: (6, None)}.get(turn, (1, float(-turn % 360)))
     if matrix is None or len(matrix) != 36:
         return 1, None
     m = np.frombuffer(matrix, dtype=np.int32).astype(np.float64)  # 16.16 fixed point, row-major 3x3
@@ -371,7 +375,7 @@ def read_image(path: str | os.PathLike, notice: Notice | None = None,
     """First picture of an image file as upright 8-bit RGB, [H, W, 3] uint8, resized
     (area filter) to ``size`` (``--size``: one side 0 keeps the aspect) when given.
 
-    A JPEG's EXIF orientation is applied. Conversions that lose something (alpha,
+    A JPEG's EXIF orientation is applied, and a HEIF's (HEIC, AVIF) rotation and mirror. Conversions that lose something (alpha,
     samples over 8 bits, CMYK) are told in one ``notice`` line; lossless ones (gray,
     palette, YUV) are silent. The result must fit a stream (MAX_PIXELS); the source may
     be up to MAX_SOURCE_PIXELS. Anything else fails with one GsvcError line.
@@ -389,13 +393,15 @@ def read_image(path: str | os.PathLike, notice: Notice | None = None,
         frame = next(container.decode(stream), None)
         if frame is None:
             raise GsvcError(f"{p}: not an image (no picture could be decoded)")
-        width, height = _output_size(p, frame.width, frame.height, header.turned, size)
-        rgb, losses = _to_rgb(frame, *((height, width) if header.turned else (width, height)))
+        orientation = header.orientation if header.orientation != 1 else _display_orientation(frame)[0]
+        turned = orientation >= 5
+        width, height = _output_size(p, frame.width, frame.height, turned, size)
+        rgb, losses = _to_rgb(frame, *((height, width) if turned else (width, height)))
     if header.cmyk:
         losses.append("CMYK converted to RGB")
     if losses and notice is not None:
         notice(f"{p}: converted to 8-bit RGB: {', '.join(losses)}")
-    return _upright(rgb, header.orientation)
+    return _upright(rgb, orientation)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
@@ -468,9 +474,17 @@ class VideoInfo:
     sample_aspect: Fraction = Fraction(1)
 
 
+#: ISO brands of HEIF still pictures (a phone's HEIC, AVIF): the mov demuxer reads them,
+#: but they are pictures, not one-frame videos (image sequences have their own brands:
+#: avis, msf1, hevc)
+_STILL_BRANDS = {"avif", "heic", "heix", "heim", "heis", "mif1", "mif2"}
+
+
 def _is_image_container(container) -> bool:
     name = container.format.name
-    return name in _IMAGE_DEMUXERS or name.endswith("_pipe")  # png_pipe, jpeg_pipe, ... (y4m is "yuv4mpegpipe")
+    if name in _IMAGE_DEMUXERS or name.endswith("_pipe"):  # png_pipe, jpeg_pipe, ... (y4m is "yuv4mpegpipe")
+        return True
+    return name.startswith("mov,") and container.metadata.get("major_brand", "").strip() in _STILL_BRANDS
 
 
 def _frame_rate(stream) -> Fraction:

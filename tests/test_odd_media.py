@@ -433,6 +433,89 @@ def test_an_interlaced_video_is_deinterlaced_a_frame_for_each_frame(tmp_path):
     assert len(later) == 2 and max(combing(f) for f in later) < 2
 
 
+def _box_list(data, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """ISO-BMFF boxes between start and end, in order: (type, start, end)."""
+    found, at = [], start
+    while at + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        found.append((kind, at, at + size))
+        at += size
+    return found
+
+
+def _boxes(data, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    return {kind: (a, b) for kind, a, b in _box_list(data, start, end)}
+
+
+def write_avif(path, rgb: np.ndarray, quarter_turns: int = 0) -> None:
+    """A still AVIF (what phones and browsers write), with an ``irot`` property of
+    ``quarter_turns`` anticlockwise on its picture when non-zero (the AVIF muxer writes
+    none, so it is added to the item properties: ipco gets the box, ipma the link)."""
+    with av.open(str(path), "w", format="avif") as out:
+        stream = out.add_stream("libsvtav1", rate=1)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    if not quarter_turns:
+        return
+    data = bytearray(path.read_bytes())
+    top = _boxes(data, 0, len(data))
+    (m0, m1), mdat = top[b"meta"], top[b"mdat"][0]
+    assert mdat >= m1  # the picture's data follows meta: its file offsets (iloc) move by the 10 bytes added
+    meta = _boxes(data, m0 + 12, m1)
+    i0 = meta[b"iloc"][0]
+    assert data[i0 + 8] == 0  # iloc v0: item, data reference, base offset, extents (offset, length)
+    off_size, len_size, base_size = data[i0 + 12] >> 4, data[i0 + 12] & 15, data[i0 + 13] >> 4
+    at = i0 + 16
+    for _ in range(struct.unpack(">H", data[i0 + 14:i0 + 16])[0]):
+        at += 4
+        offsets = [(at, base_size)] if base_size else []
+        at += base_size
+        extents = struct.unpack(">H", data[at:at + 2])[0]
+        at += 2
+        for _ in range(extents):
+            offsets += [] if base_size else [(at, off_size)]
+            at += off_size + len_size
+        for where, size in offsets:
+            moved = int.from_bytes(data[where:where + size], "big") + 10
+            data[where:where + size] = moved.to_bytes(size, "big")
+    p0, p1 = meta[b"iprp"]
+    props = _boxes(data, p0 + 8, p1)
+    (c0, c1), (a0, _) = props[b"ipco"], props[b"ipma"]
+    assert c1 <= a0 and data[a0 + 8] == 0 and not data[a0 + 11] & 1  # ipma v0, 1-byte links
+    index = len(_box_list(data, c0 + 8, c1)) + 1  # properties count from 1, duplicates too
+    count_at = a0 + 16 + 2  # the first entry's (item 1) link count
+    links = data[count_at]
+    data[count_at + 1 + links:count_at + 1 + links] = bytes([0x80 | index])  # essential
+    data[count_at] = links + 1
+    data[c1:c1] = struct.pack(">I4sB", 9, b"irot", quarter_turns)
+    for at, grow in ((a0 + 9, 1), (c0, 9), (p0, 10), (m0, 10)):  # ipma moved by the 9 bytes before it
+        data[at:at + 4] = struct.pack(">I", struct.unpack(">I", data[at:at + 4])[0] + grow)
+    path.write_bytes(bytes(data))
+
+
+needs_av1 = pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="PyAV's FFmpeg has no AV1 encoder")
+
+
+@needs_av1
+def test_a_heif_still_is_a_picture_not_a_one_frame_video(tmp_path):
+    write_avif(tmp_path / "photo.avif", blocks(64, 48))
+    assert probe_video(tmp_path / "photo.avif") is None
+    code, err = run("encode", tmp_path / "photo.avif", "-o", tmp_path / "p.gsv", "--bpp", "1.0", *FAST)
+    assert code == 0, err  # --bpp is for pictures: refused for a video
+    info = json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "p.gsv"), "--json"]).stdout)
+    assert info["kind"] == "image" and (info["width"], info["height"]) == (64, 48)
+
+
+@needs_av1
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_heif_rotation_gives_the_upright_picture(tmp_path, turns):
+    write_avif(tmp_path / "plain.avif", blocks(64, 48))
+    write_avif(tmp_path / "turned.avif", blocks(64, 48), quarter_turns=turns)
+    stored = read_image(tmp_path / "plain.avif")
+    assert np.array_equal(read_image(tmp_path / "turned.avif"), np.rot90(stored, turns))  # irot: anticlockwise
+
+
 def test_the_film_is_read_not_a_cover_picture_stored_before_it(tmp_path):
     with av.open(str(tmp_path / "film.mkv"), "w") as out:
         cover = out.add_stream("mjpeg", rate=1)
