@@ -209,13 +209,12 @@ def _output_file(path: Path, suffix: str) -> Iterator[Path]:
 def _frame_files_present(pattern: Path, count: int) -> list[Path]:
     """Files of a frame pattern (f_%04d.png) numbered 1..count that exist already; found
     by listing the folder once, so a stream that claims 2^24 frames costs nothing."""
-    import re
+    from .media import numbered_names
 
     folder = pattern.parent if str(pattern.parent) else Path(".")
     if not folder.is_dir():
         return []
-    spec = re.search(r"%0?\d*d", pattern.name)
-    numbered = re.compile(re.escape(pattern.name[: spec.start()]) + r"(\d+)" + re.escape(pattern.name[spec.end():]))
+    numbered = numbered_names(pattern)
     present = []
     for entry in os.scandir(folder):
         match = numbered.fullmatch(entry.name)
@@ -426,10 +425,10 @@ def encode(inputs, output, **options):
 
 
 def _encode(input, output, opts: _EncodeOptions, table_to_stderr: bool) -> None:
+    from fractions import Fraction
+
     from .files import check_writable
     from .media import pattern_start, probe_video
-
-    from fractions import Fraction
 
     video = probe_video(input, pattern_fps=Fraction(opts.fps).limit_denominator(1001) if opts.fps else None)
     check_writable(output)  # fail on an unwritable destination before minutes of training

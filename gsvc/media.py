@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,6 +40,9 @@ IMAGE_WRITERS = {
 #: this many pixels times the source's bytes per pixel (a 200 MP JPEG: about 0.5 GB);
 #: FFmpeg (its max_pixels option) refuses anything larger before allocating it.
 MAX_SOURCE_PIXELS = 4 * MAX_PIXELS
+
+#: The number field of a frame pattern (f_%04d.png, f_%d.png).
+_FRAME_FIELD = re.compile(r"%0?\d*d")
 
 #: Codecs that draw text (ANSI art and the like) as video: a text file is no picture.
 _TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
@@ -281,15 +285,12 @@ def pattern_start(path: str | os.PathLike) -> int | None:
 
 def in_frame_pattern(path: str | os.PathLike, pattern: str | os.PathLike) -> bool:
     """Whether ``path`` is one of the files of the frame-pattern input ``pattern``."""
-    import re
-
     from .files import same_file
 
     pat, p = Path(pattern), Path(path)
     if pattern_start(pat) is None or not same_file(p.parent, pat.parent):
         return False
-    head, tail = re.match(r"(.*?)%0?\d*d(.*)", pat.name, re.S).groups()
-    return re.fullmatch(re.escape(head) + r"\d+" + re.escape(tail), p.name) is not None
+    return numbered_names(pat).fullmatch(p.name) is not None
 
 
 def _pattern_file(pattern: Path, n: int) -> Path:
@@ -375,9 +376,9 @@ def read_image(path: str | os.PathLike, notice: Notice | None = None,
     """First picture of an image file as upright 8-bit RGB, [H, W, 3] uint8, resized
     (area filter) to ``size`` (``--size``: one side 0 keeps the aspect) when given.
 
-    A JPEG's EXIF orientation is applied, and a HEIF's (HEIC, AVIF) rotation and mirror. Conversions that lose something (alpha,
-    samples over 8 bits, CMYK) are told in one ``notice`` line; lossless ones (gray,
-    palette, YUV) are silent. The result must fit a stream (MAX_PIXELS); the source may
+    A JPEG's EXIF orientation is applied, and a HEIF's (HEIC, AVIF) rotation and
+    mirror. Conversions that lose something (alpha, samples over 8 bits, CMYK) are told
+    in one ``notice`` line; lossless ones (gray, palette, YUV) are silent. The result must fit a stream (MAX_PIXELS); the source may
     be up to MAX_SOURCE_PIXELS. Anything else fails with one GsvcError line.
     """
     p = check_input_file(path)
@@ -759,9 +760,14 @@ def read_video(
 
 def is_frame_pattern(path: str | os.PathLike) -> bool:
     """A printf-style file pattern such as frames/f_%04d.png (one file per frame)."""
-    import re
+    return _FRAME_FIELD.search(Path(path).name) is not None
 
-    return re.search(r"%0?\d*d", Path(path).name) is not None
+
+def numbered_names(pattern: Path) -> re.Pattern:
+    """The file names a frame pattern's number field can give (f_%04d.png: f_<digits>.png),
+    the number as group 1."""
+    field = _FRAME_FIELD.search(pattern.name)
+    return re.compile(re.escape(pattern.name[:field.start()]) + r"(\d+)" + re.escape(pattern.name[field.end():]))
 
 
 def check_video_output(path: str | os.PathLike) -> None:
@@ -851,15 +857,9 @@ def _frame_files(pattern: Path) -> Iterator[Callable[[np.ndarray], None]]:
 
 
 def read_video_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], Fraction]:
-    """Every frame of a video file (or frame pattern) in memory, and its frame rate (tests, eval)."""
+    """Every frame of a video file (or of a frame pattern, read as ``probe_video`` reads
+    one) in memory, and its frame rate (tests, eval)."""
     p = Path(path)
-    if is_frame_pattern(p):
-        frames = []
-        i = 1
-        while Path(str(p) % i).exists():
-            frames.append(read_image(Path(str(p) % i)))
-            i += 1
-        return frames, Fraction(0)
     info = probe_video(p)
     if info is None:
         return [read_image(p)], Fraction(0)
